@@ -1,0 +1,202 @@
+"""Self-describing LRC checkpoints: trainable weights + LRC config + teacher identity.
+
+Layout of a checkpoint directory (a training output dir or a ``checkpoint-N`` dir):
+
+- ``lrc_weights.safetensors``: the projections and student gains only (names of
+  ``LRCProjections``, e.g. ``layers.3.q``), with safetensors metadata ``format=pt``,
+  ``lrc_config`` (JSON), ``teacher_name_or_path``, ``teacher_config_hash``, ``lrc_format_version``;
+- ``lrc_config.json``: the same information, human-readable.
+
+Writes are atomic (temporary file, fsync, rename), so a crash never leaves a half-written file
+under the final name. Official-code checkpoints (``model.zoom.weight`` ...) are read too, with the
+variant inferred from the tensor names and shapes (``read_official_state``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .config import LRCConfig
+from .projections import LRCProjections, official_names
+
+WEIGHTS_NAME = "lrc_weights.safetensors"
+CONFIG_NAME = "lrc_config.json"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or inconsistent with what it is used with."""
+
+
+@dataclass
+class TeacherRef:
+    """Identity of the teacher a checkpoint was trained against."""
+
+    name_or_path: str
+    config_hash: str
+    model_type: str
+
+
+@dataclass
+class LRCCheckpoint:
+    """What a checkpoint holds."""
+
+    weights: dict[str, torch.Tensor]
+    lrc: LRCConfig | None  # None for an official checkpoint before inference
+    teacher: TeacherRef | None
+    path: Path
+    official: bool = False
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_lrc_checkpoint(directory: str | os.PathLike, projections: LRCProjections, lrc: LRCConfig,
+                        teacher: TeacherRef, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``lrc_weights.safetensors`` and ``lrc_config.json`` into ``directory`` (atomically).
+
+    ``state_dict`` overrides the tensors taken from ``projections`` (e.g. gathered under ZeRO).
+    """
+    d = Path(directory)
+    sd = state_dict if state_dict is not None else projections.state_dict()
+    sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    meta = {
+        "format": "pt",
+        "lrc_format_version": FORMAT_VERSION,
+        "lrc_config": lrc.to_json(),
+        "teacher_name_or_path": teacher.name_or_path,
+        "teacher_config_hash": teacher.config_hash,
+        "teacher_model_type": teacher.model_type,
+    }
+    _atomic_write_bytes(d / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata=meta))
+    info = {"lrc_format_version": FORMAT_VERSION, "lrc": lrc.to_dict(),
+            "teacher": {"name_or_path": teacher.name_or_path, "config_hash": teacher.config_hash,
+                        "model_type": teacher.model_type}}
+    _atomic_write_bytes(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
+    return d / WEIGHTS_NAME
+
+
+def _latest_checkpoint_dir(d: Path) -> Path | None:
+    cands = [(int(m.group(1)), p) for p in d.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return max(cands)[1] if cands else None
+
+
+def resolve_weights_file(path: str | os.PathLike) -> Path:
+    """Find the weights file of a checkpoint given as a file, a ``checkpoint-N`` dir or a run dir.
+
+    A run directory without final weights falls back to its latest ``checkpoint-N``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint path {str(p)!r} does not exist")
+    if p.is_file():
+        return p
+    for name in (WEIGHTS_NAME, "model.safetensors"):
+        if (p / name).is_file():
+            return p / name
+    latest = _latest_checkpoint_dir(p)
+    if latest is not None:
+        return resolve_weights_file(latest)
+    raise CheckpointError(
+        f"no {WEIGHTS_NAME} (or official model.safetensors) in {str(p)!r}, and no checkpoint-N sub-directory"
+    )
+
+
+def load_lrc_checkpoint(path: str | os.PathLike) -> LRCCheckpoint:
+    """Read weights and self-description; an official-code file comes back with ``official=True``."""
+    f = resolve_weights_file(path)
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            meta = sf.metadata() or {}
+        weights = load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {str(f)!r} as safetensors: {e}") from None
+    if "lrc_config" in meta:
+        lrc = LRCConfig.from_json(meta["lrc_config"])
+        teacher = TeacherRef(meta.get("teacher_name_or_path", ""), meta.get("teacher_config_hash", ""),
+                             meta.get("teacher_model_type", ""))
+        return LRCCheckpoint(weights, lrc, teacher, f, official=False)
+    if any("zoom" in k or "target_" in k for k in weights):
+        return LRCCheckpoint(weights, None, None, f, official=True)
+    raise CheckpointError(
+        f"{str(f)!r} is neither an LRC checkpoint (no 'lrc_config' metadata) nor an official LRC "
+        f"checkpoint (no 'zoom'/'target_' tensors); first keys: {sorted(weights)[:5]}"
+    )
+
+
+def infer_official_variant(weights: dict[str, torch.Tensor]) -> dict:
+    """Infer the variant flags of an official checkpoint from its tensor names and shapes."""
+    if "model.zoom.weight" not in weights:
+        raise CheckpointError("official checkpoint lacks 'model.zoom.weight' (the embedding projection)")
+    d_s, _ = weights["model.zoom.weight"].shape
+    layers = sorted({int(m.group(1)) for k in weights if (m := re.match(r"model\.layers\.(\d+)\.", k))})
+    if not layers:
+        raise CheckpointError("official checkpoint holds no layer projections")
+    L = layers[0]
+    use_all_attn = f"model.layers.{L}.self_attn.zoom_q.weight" in weights
+    use_in_out_mlp = f"model.layers.{L}.mlp.zoom_gate.weight" not in weights
+    return {
+        "target_hidden_size": int(d_s),
+        "use_all_attn": use_all_attn,
+        "use_in_out_mlp": use_in_out_mlp,
+        "tie_word_emb_proj": "zoom_down.weight" not in weights,
+        "present_layers": layers,
+    }
+
+
+def official_to_ours(weights: dict[str, torch.Tensor], lrc: LRCConfig, kept_layers: list[int]) -> dict[str, torch.Tensor]:
+    """Rename an official state dict to ``LRCProjections`` names; unknown or missing tensors raise."""
+    names = official_names(lrc, kept_layers)
+    inverse = {v: k for k, v in names.items()}
+    unexpected = sorted(k for k in weights if k not in inverse)
+    missing = sorted(v for v in names.values() if v not in weights)
+    if unexpected or missing:
+        raise CheckpointError(_missing_unexpected_msg(missing, unexpected, "official checkpoint"))
+    return {inverse[k]: v for k, v in weights.items()}
+
+
+def _missing_unexpected_msg(missing: list[str], unexpected: list[str], what: str) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing tensor(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        parts.append(f"unexpected tensor(s) {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    return f"{what} does not match the LRC configuration: " + "; ".join(parts)
+
+
+def load_into_projections(projections: LRCProjections, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Strictly load ``weights`` (our names) into ``projections``; shape or name mismatches raise."""
+    own = projections.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(_missing_unexpected_msg(missing, unexpected, what))
+    bad = [f"{k}: {tuple(weights[k].shape)} vs expected {tuple(v.shape)}" for k, v in own.items()
+           if tuple(weights[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{what}: tensor shape mismatch: {bad[:4]}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(weights[k].to(v.dtype))

@@ -1,0 +1,146 @@
+"""The LRC loss terms: clone distances, and a fused, token-chunked head + KL + CE.
+
+Where the KL is computed: ``fused_logit_losses`` (below). It never materialises full B x S x V
+logits: for each chunk of tokens it computes the teacher and student logits, the fp32
+log-softmaxes, the KL(teacher || student) at temperature tau and the next-token CE, and, when a
+gradient is needed, the gradients w.r.t. the student's final hidden states and head weight (so the
+backward pass needs no recomputation). Peak extra memory is O(chunk x V).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ----------------------------------------------------------------------------- clone distances
+
+
+def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None) -> Tensor:
+    """Distance D(s, t) of one clone term (LRC_SPEC §3.1), as an fp32 scalar.
+
+    Args:
+        s, t: student activation and target, same shape (B, S, width).
+        kind: mseloss (mean of squares over all elements) | mseloss_v2 (sum over width, mean over
+            tokens) | l1loss (mean of |s-t|) | l1loss_v2 (sum |s-t| over width / 50, mean over tokens).
+        mask: optional (B, S) bool, True where the token counts; means are then over counted
+            tokens only (computed by weighting, without a host sync).
+    """
+    if mask is None:
+        if kind == "mseloss":
+            return F.mse_loss(s, t).float()
+        if kind == "l1loss":
+            return F.l1_loss(s, t).float()
+    diff = s - t
+    if kind in ("mseloss", "mseloss_v2"):
+        per_tok = diff.pow(2).sum(-1, dtype=torch.float32)  # (B, S)
+    elif kind in ("l1loss", "l1loss_v2"):
+        per_tok = diff.abs().sum(-1, dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown aux_loss_type {kind!r}")
+    if mask is None:
+        total, n_tok = per_tok.sum(), per_tok.numel()
+    else:
+        total, n_tok = (per_tok * mask).sum(), mask.sum().clamp_min(1)
+    if kind in ("mseloss", "l1loss"):
+        return total / (n_tok * s.shape[-1])
+    return total / n_tok / (50.0 if kind == "l1loss_v2" else 1.0)
+
+
+# ----------------------------------------------------------------------------- KL + CE
+
+
+class _FusedLogitLosses(torch.autograd.Function):
+    """loss = w_ce * sum CE + w_kl * sum KL, computed chunk-wise; gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, h_s, u_s, h_t, u_t, targets, kl_mask, w_ce, w_kl, tau, chunk, stats):
+        n = h_s.shape[0]
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        do_kl = h_t is not None
+        grad_h = torch.empty_like(h_s) if need_grad else None
+        grad_u = torch.zeros(u_s.shape, dtype=torch.float32, device=u_s.device) if need_grad else None
+        ce_sum = h_s.new_zeros((), dtype=torch.float32)
+        kl_sum = h_s.new_zeros((), dtype=torch.float32)
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            hs = h_s[a:b]
+            zs = (hs @ u_s.t()).float()  # (c, V)
+            tgt = targets[a:b]
+            ce_valid = tgt >= 0
+            lse = torch.logsumexp(zs, dim=-1)
+            picked = zs.gather(1, tgt.clamp_min(0).unsqueeze(1)).squeeze(1)
+            ce_sum += ((lse - picked) * ce_valid).sum()
+            if need_grad:
+                g = torch.exp(zs - lse.unsqueeze(1))  # softmax(z_S)
+                g[torch.arange(b - a, device=g.device), tgt.clamp_min(0)] -= 1.0
+                g *= (ce_valid.float() * w_ce).unsqueeze(1)
+            if do_kl:
+                m = kl_mask[a:b].float()
+                zt = (h_t[a:b] @ u_t.t()).float()
+                lt = torch.log_softmax(zt / tau, dim=-1)
+                ls = torch.log_softmax(zs / tau, dim=-1)
+                pt = lt.exp()
+                kl_sum += ((pt * (lt - ls)).sum(-1) * m).sum()
+                if need_grad:
+                    # d/dz_S KL = (p_S - p_T) / tau
+                    g += (ls.exp() - pt) * (m * (w_kl / tau)).unsqueeze(1)
+                del zt, lt, ls, pt
+            if need_grad:
+                gd = g.to(h_s.dtype)
+                grad_h[a:b] = gd @ u_s
+                grad_u += (gd.t() @ hs).float()
+            del zs
+        stats.append((ce_sum.detach(), kl_sum.detach()))
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_u)
+        ctx.u_dtype = u_s.dtype
+        return w_ce * ce_sum + w_kl * kl_sum
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_u = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype)
+        gu = (grad_u * grad_out).to(ctx.u_dtype)
+        return gh, gu, None, None, None, None, None, None, None, None, None
+
+
+def fused_logit_losses(
+    h_s: Tensor,
+    u_s: Tensor,
+    targets: Tensor,
+    *,
+    h_t: Tensor | None = None,
+    u_t: Tensor | None = None,
+    kl_mask: Tensor | None = None,
+    w_ce: float | Tensor = 1.0,
+    w_kl: float | Tensor = 1.0,
+    tau: float = 1.0,
+    chunk_tokens: int = 1024,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted CE + KL from final hidden states, chunked over tokens.
+
+    Args:
+        h_s: (N, d_s) student final hidden states (after the final norm), N = B*S.
+        u_s: (V, d_s) student head weight (generated, requires grad).
+        targets: (N,) next-token ids, -100 where the position does not count for CE.
+        h_t: (N, d) teacher final hidden states, or None for no KL.
+        u_t: (V, d) teacher head weight.
+        kl_mask: (N,) bool, tokens counted in the KL (None: all).
+        w_ce, w_kl: weights applied to the *sums* (e.g. 1/n_ce for a mean CE; 1/B for the
+            official sequence-summed KL; 0 to compute a term for logging only).
+        tau: KL temperature.
+
+    Returns:
+        (loss, ce_sum, kl_sum): loss = w_ce * ce_sum + w_kl * kl_sum (differentiable w.r.t. h_s and
+        u_s); ce_sum and kl_sum are detached fp32 scalars (kl_sum is 0 without h_t).
+    """
+    if kl_mask is None and h_t is not None:
+        kl_mask = torch.ones(h_s.shape[0], dtype=torch.bool, device=h_s.device)
+    stats: list = []
+    w_ce = torch.as_tensor(w_ce, dtype=torch.float32, device=h_s.device)
+    w_kl = torch.as_tensor(w_kl, dtype=torch.float32, device=h_s.device)
+    loss = _FusedLogitLosses.apply(h_s, u_s, h_t, u_t, targets, kl_mask, w_ce, w_kl,
+                                   float(tau), int(chunk_tokens), stats)
+    ce_sum, kl_sum = stats[0]
+    return loss, ce_sum, kl_sum

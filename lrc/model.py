@@ -1,0 +1,272 @@
+"""LRCModel: the frozen teacher, the trainable projections, and the student run on the fly.
+
+One forward (``LRCModel.forward``):
+
+1. the teacher runs under ``no_grad``; forward hooks capture the clone targets of every kept,
+   non-banned layer (q/k/v projection outputs before RoPE and q/k-norm, attention-block output, gate
+   pre-activation, up, FFN output, or the block inputs for the shared variants);
+2. the student's weights are generated once (``lrc.generate.generate_student_weights``);
+3. the student, a standard HF model of the same class the converter writes (a parameter-free
+   "meta" skeleton, run with ``torch.func.functional_call``), runs with hooks that compute each
+   clone term as soon as its activation exists and then drop the teacher's target;
+4. ``lrc.losses.fused_logit_losses`` computes CE and KL from both final hidden states, chunked.
+
+The skeleton is *not* a registered sub-module, so optimizers, accelerate and DeepSpeed only see the
+teacher (frozen) and ``projections`` (trainable).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from . import config as C
+from .config import LRCConfig
+from .families import check_family, is_tied, student_config
+from .generate import generate_student_weights
+from .losses import clone_distance, fused_logit_losses
+from .projections import LRCProjections
+
+# Which teacher activation each clone term needs: (module under the decoder layer, "in" | "out").
+_TEACHER_CAPTURE = {
+    C.ATTN_Q: ("self_attn.q_proj", "out"),
+    C.ATTN_K: ("self_attn.k_proj", "out"),
+    C.ATTN_V: ("self_attn.v_proj", "out"),
+    C.ATTN_IN: ("self_attn.q_proj", "in"),
+    C.ATTN_OUT: ("self_attn.o_proj", "out"),
+    C.MLP_GATE: ("mlp.gate_proj", "out"),
+    C.MLP_UP: ("mlp.up_proj", "out"),
+    C.MLP_IN: ("mlp.gate_proj", "in"),
+    C.MLP_OUT: ("mlp.down_proj", "out"),
+}
+# Which student module's forward hook computes each term.
+_STUDENT_HOOK = {
+    C.ATTN_Q: "self_attn.q_proj", C.ATTN_K: "self_attn.k_proj", C.ATTN_V: "self_attn.v_proj",
+    C.ATTN_IN: "self_attn.q_proj", C.ATTN_OUT: "self_attn.o_proj", C.MLP_GATE: "mlp.gate_proj",
+    C.MLP_UP: "mlp.up_proj", C.MLP_IN: "mlp.gate_proj", C.MLP_OUT: "mlp.down_proj",
+}
+
+
+@dataclass
+class LRCOutput:
+    """Result of one LRC forward. All but ``loss`` are detached fp32 scalars (no host sync)."""
+
+    loss: Tensor
+    """Total: [use_ntp] ce + [use_logits] kl + [use_aux] clone."""
+    ce: Tensor
+    """Student next-token cross-entropy, mean over counted positions."""
+    kl: Tensor
+    """KL(teacher || student) at temperature tau, reduced per ``kl_reduction`` (0 if disabled)."""
+    clone: Tensor
+    """alpha x sum of all clone terms (what the loss adds when use_aux_loss)."""
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    """Unweighted clone term by name, summed over layers."""
+    layer_terms: dict[tuple[int, str], Tensor] = field(default_factory=dict)
+    """Unweighted clone term by (teacher layer index, name)."""
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    return module.get_submodule(path)
+
+
+class LRCModel(nn.Module):
+    """Teacher + LRC projections; ``forward(input_ids, attention_mask, labels) -> LRCOutput``."""
+
+    def __init__(self, teacher: PreTrainedModel, lrc: LRCConfig):
+        super().__init__()
+        tcfg = teacher.config
+        check_family(tcfg)
+        lrc.validate(tcfg)
+        self.lrc_config = lrc
+        self.teacher = teacher
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.kept_layers = lrc.kept_layers(tcfg.num_hidden_layers)
+        self.teacher_tied = is_tied(tcfg)
+        device = teacher.get_input_embeddings().weight.device
+        self.projections = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, self.kept_layers, lrc).to(device)
+        self.student_config = student_config(tcfg, lrc)
+        self.student_config._attn_implementation = tcfg._attn_implementation
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(self.student_config)
+        # Student keeps the teacher's head_dim and RoPE parameters: share the teacher's rotary module
+        # (its buffers are real and follow .to()); every other skeleton tensor is supplied per call.
+        skeleton.model.rotary_emb = teacher.model.rotary_emb
+        meta_buffers = [n for n, b in skeleton.named_buffers() if b.is_meta]
+        if meta_buffers:
+            raise RuntimeError(f"student skeleton has buffers LRC cannot supply: {meta_buffers}")
+        self.__dict__["_student"] = skeleton  # deliberately unregistered (see module docstring)
+        self._student_param_names = [n for n, _ in skeleton.named_parameters()]
+        self._teacher_params = dict(teacher.named_parameters())
+
+    # ------------------------------------------------------------------ student weights
+    @property
+    def student(self) -> PreTrainedModel:
+        """The parameter-free student skeleton (standard HF class of the teacher family)."""
+        return self.__dict__["_student"]
+
+    def train(self, mode: bool = True) -> "LRCModel":
+        super().train(mode)
+        self.teacher.eval()  # the teacher never trains (no dropout either)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Explicit trainable set: the projections and the student gains (never the teacher)."""
+        return list(self.projections.parameters())
+
+    def _refresh_teacher_params(self) -> None:
+        # accelerate / DeepSpeed may move or re-wrap parameters after construction.
+        self._teacher_params = dict(self.teacher.named_parameters())
+
+    def student_weights(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """Generate the student's parameters (standard HF names) from the teacher and projections."""
+        self._refresh_teacher_params()
+        return generate_student_weights(self._teacher_params, self.projections, self.lrc_config,
+                                        self.kept_layers, self._student_param_names,
+                                        self.teacher_tied, dtype)
+
+    def student_logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Full (B, S, V) logits of the training-time student (for checks and evaluation)."""
+        w = self.student_weights()
+        out = functional_call(self.student, w, args=(),
+                              kwargs=dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False))
+        return out.logits
+
+    # ------------------------------------------------------------------ hooks
+    @contextmanager
+    def _capture_teacher(self, store: dict):
+        handles = []
+        layers = self.teacher.model.layers
+        banned_layers = set(self.lrc_config.ban_layers)
+        for L in self.kept_layers:
+            if L in banned_layers:
+                continue
+            for term in self.lrc_config.active_clone_terms():
+                path, side = _TEACHER_CAPTURE[term]
+
+                def hook(mod, args, out, L=L, term=term, side=side):
+                    store[(L, term)] = args[0] if side == "in" else out
+
+                handles.append(_get(layers[L], path).register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _student_term(self, L: int, term: str, args, out: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(student tensor, target tensor) of one clone term for teacher layer L."""
+        lrc, proj = self.lrc_config, self.projections.layers[str(L)]
+        tl = self.teacher.model.layers[L]
+        if term in (C.ATTN_Q, C.ATTN_K, C.ATTN_V, C.MLP_GATE, C.MLP_UP):
+            return out, target
+        if term == C.ATTN_IN:  # u_S A^T vs u_T
+            return args[0] @ proj.qkv.to(args[0].dtype).t(), target
+        if term == C.MLP_IN:  # w_S A_m^T vs w_T
+            return args[0] @ proj.mlp_in.to(args[0].dtype).t(), target
+        if term == C.ATTN_OUT:
+            o = tl.self_attn.o_proj
+            if lrc.attn_out_space == "teacher":  # a_S W_o^T (+ b_o) vs o_T, width d
+                return nn.functional.linear(args[0], o.weight, o.bias), target
+            return out, nn.functional.linear(target, proj.o.to(target.dtype))  # o_S vs o_T C_o^T
+        if term == C.MLP_OUT:
+            if lrc.use_in_out_mlp:  # teacher space: (student FFN inner) W_d^T vs f_T
+                dn = tl.mlp.down_proj
+                return nn.functional.linear(args[0], dn.weight, dn.bias), target
+            return out, nn.functional.linear(target, proj.down.to(target.dtype))  # f_S vs f_T C_d^T
+        raise AssertionError(term)
+
+    @contextmanager
+    def _student_losses(self, store: dict, results: dict, mask: Tensor | None):
+        lrc = self.lrc_config
+        handles = []
+        layers = self.student.model.layers
+        banned_layers = set(lrc.ban_layers)
+        grad_ctx = torch.enable_grad if lrc.use_aux_loss else torch.no_grad
+        for j, L in enumerate(self.kept_layers):
+            if L in banned_layers:
+                continue
+            for term in lrc.active_clone_terms():
+
+                def hook(mod, args, out, L=L, term=term):
+                    target = store.pop((L, term), None)
+                    if target is None:  # e.g. a recomputation: the term was already taken
+                        return
+                    with grad_ctx():
+                        s, t = self._student_term(L, term, args, out, target)
+                        results[(L, term)] = clone_distance(s, t, lrc.aux_loss_type, mask)
+
+                handles.append(_get(layers[j], _STUDENT_HOOK[term]).register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, **unused) -> LRCOutput:
+        """One LRC step's loss.
+
+        Args:
+            input_ids: (B, S) token ids.
+            attention_mask: (B, S) 1 for real tokens, 0 for padding (None: packed data, all real).
+            labels: (B, S) next-token targets before shifting (None: ``input_ids``); -100 excludes
+                a position from every term.
+        """
+        lrc = self.lrc_config
+        B, S = input_ids.shape
+        # Packed data (no mask, no labels) takes the mask-free path; otherwise a position counts iff
+        # attention_mask is 1 and its label is not -100. No host sync either way.
+        masked = attention_mask is not None or labels is not None
+        labels = input_ids if labels is None else labels
+        valid = labels != -100
+        if attention_mask is not None:
+            valid = valid & attention_mask.bool()
+        mask = valid if masked else None  # (B, S) bool or None
+        # next-token targets: position t predicts labels[t+1]
+        targets = torch.full_like(labels, -100)
+        targets[:, :-1] = torch.where(valid[:, 1:] & valid[:, :-1], labels[:, 1:], -100)
+        fwd_kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+        store: dict = {}
+        with torch.no_grad(), self._capture_teacher(store):
+            h_t = self.teacher.model(**fwd_kwargs).last_hidden_state  # (B, S, d)
+
+        weights = self.student_weights()
+        base = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+        results: dict = {}
+        with self._student_losses(store, results, mask):
+            h_s = functional_call(self.student.model, base, args=(), kwargs=fwd_kwargs).last_hidden_state
+        store.clear()
+
+        u_s = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])  # (V, d_s)
+        u_t = self.teacher.get_output_embeddings().weight  # (V, d)
+        n_ce = (targets >= 0).sum().clamp_min(1).float()
+        n_kl = valid.sum().clamp_min(1).float()
+        kl_div = torch.tensor(float(B), device=n_kl.device) if lrc.kl_reduction == "sequence_sum" else n_kl
+        loss, ce_sum, kl_sum = fused_logit_losses(
+            h_s.reshape(B * S, -1), u_s, targets.reshape(-1),
+            h_t=h_t.reshape(B * S, -1) if lrc.use_logits_loss else None, u_t=u_t,
+            kl_mask=valid.reshape(-1),
+            w_ce=(1.0 if lrc.use_ntp_loss else 0.0) / n_ce,
+            w_kl=(1.0 if lrc.use_logits_loss else 0.0) / kl_div,
+            tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens,
+        )
+        ce = ce_sum / n_ce
+        kl = kl_sum / kl_div
+
+        clone_sum = sum(results.values()) if results else h_s.new_zeros((), dtype=torch.float32)
+        clone = lrc.aux_loss_scale_factor * clone_sum
+        if lrc.use_aux_loss and results:
+            loss = loss + clone
+        terms: dict[str, Tensor] = {}
+        for (L, term), v in results.items():
+            terms[term] = terms.get(term, 0.0) + v.detach()
+        return LRCOutput(loss=loss, ce=ce.detach(), kl=kl.detach(), clone=clone.detach(), terms=terms,
+                         layer_terms={k: v.detach() for k, v in results.items()})
