@@ -128,7 +128,7 @@ def fold(model: LRCModel) -> torch.nn.Module:
 
 def _teacher_dtype(teacher_path: str) -> torch.dtype:
     cfg = load_teacher_config(teacher_path)
-    dt = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    dt = getattr(cfg, "dtype", None)
     if isinstance(dt, str):
         dt = getattr(torch, dt, None)
     return dt if isinstance(dt, torch.dtype) else torch.float32

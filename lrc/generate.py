@@ -66,7 +66,7 @@ def generate_student_weights(
         kept_layers: teacher layer index of each student layer.
         student_param_names: ``[n for n, _ in student.named_parameters()]`` of the student model.
         teacher_tied: the teacher's head is its embedding.
-        dtype: compute dtype (None: the teacher's). Projections are cast to it (autograd-safe).
+        dtype: compute dtype (None: the teacher's). Projections and gains are cast to it (autograd-safe).
 
     Returns:
         name -> tensor; e.g. ``model.layers.j.mlp.down_proj.weight`` of shape (d_s, I).
@@ -82,6 +82,10 @@ def generate_student_weights(
     def p(x: Tensor, like: Tensor) -> Tensor:
         return x.to(like.dtype)
 
+    # Working dtype: the requested one, else the teacher's (fp32 master projections and gains are
+    # cast to it, differentiably, so a bf16 teacher runs a bf16 student without autocast).
+    work = dtype or teacher_params["model.embed_tokens.weight"].dtype
+
     out: dict[str, Tensor] = {}
     for name in student_param_names:
         if name == "model.embed_tokens.weight":
@@ -92,7 +96,7 @@ def generate_student_weights(
             z = proj.embed if lrc.tie_word_emb_proj else proj.lm_head
             out[name] = u @ p(z, u).t()
         elif name == "model.norm.weight":
-            out[name] = proj.final_norm if dtype is None else proj.final_norm.to(dtype)
+            out[name] = proj.final_norm.to(work)
         else:
             m = _LAYER_RE.match(name)
             if m is None:
@@ -103,8 +107,7 @@ def generate_student_weights(
             tname = f"model.layers.{L}.{rest}"
             module, _, leaf = rest.rpartition(".")
             if rest in _GAINS:
-                g = getattr(layer, _GAINS[rest])
-                out[name] = g if dtype is None else g.to(dtype)
+                out[name] = getattr(layer, _GAINS[rest]).to(work)
             elif rest in _TEACHER_KEPT or (module in _IN_SIDE and leaf == "bias"):
                 out[name] = t(tname)
             elif module in _IN_SIDE and leaf == "weight":

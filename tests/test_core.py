@@ -435,3 +435,14 @@ def test_student_config_is_the_teachers_but_narrower():
     assert (c.hidden_size, c.head_dim, c.num_hidden_layers, len(c.layer_types)) == (32, 24, 3, 3)
     assert (c.num_attention_heads, c.num_key_value_heads, c.intermediate_size) == (4, 2, 96)
     assert c.rms_norm_eps == 1e-5 and c.rope_parameters == t.config.rope_parameters
+
+
+def test_bf16_teacher_with_fp32_master_projections_trains():
+    """The mixed-precision layout (bf16 frozen teacher, fp32 trainable tensors) needs no autocast."""
+    teacher = tiny_teacher("qwen3").to(torch.bfloat16)
+    model = LRCModel(teacher, LRCConfig(target_hidden_size=32))
+    out = model(torch.randint(0, 101, (2, 8)))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    for name, p in model.projections.named_parameters():
+        assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32, name

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Step-speed bound of LRC: teacher forward (a), ordinary student training step (b), LRC step (c).
+
+The FLOP model of an LRC step is (a) + (b): the teacher must run, and the student must be trained.
+This measures, in one process, interleaved round-robin after warm-up, the tokens/s of each, the
+ratio c / (a + b), and the peak memory of each phase (``torch.cuda.max_memory_allocated`` on GPU,
+sampled RSS on CPU). Ablations say where the rest goes: the LRC step without clone terms, without
+KL, and the student-weight generation alone (forward + backward).
+
+    python scripts/bench_step.py --teacher smollm2-135m --target-hidden-size 288 --batch 4 --seq 256
+    python scripts/bench_step.py --teacher llama-3.2-3b --target-hidden-size 1536 --batch 4 --seq 2048 --dtype bf16
+
+``--teacher`` is a named shape (random weights: speed does not depend on values) or a model
+directory (its config, random weights). ``--loss-memory`` also compares the peak memory of the
+loss (head + KL + CE, forward + backward) with and without token chunking at the given vocab size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
+
+from lrc.config import LRCConfig  # noqa: E402
+from lrc.losses import fused_logit_losses  # noqa: E402
+from lrc.model import LRCModel  # noqa: E402
+
+SHAPES = {
+    "llama-3.2-3b": lambda: LlamaConfig(
+        hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+        head_dim=128, vocab_size=128256, tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=131072,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "qwen2.5-3b": lambda: Qwen2Config(
+        hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+        vocab_size=151936, tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "smollm2-135m": lambda: LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        head_dim=64, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),
+}
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA allocator on GPU, sampled RSS (every 2 ms) on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._stop = False
+            self.peak = _rss()
+            self._t = threading.Thread(target=self._sample, daemon=True)
+            self._t.start()
+        return self
+
+    def _sample(self):
+        while not self._stop:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop = True
+            self._t.join()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(args, device, dtype):
+    cfg = SHAPES[args.teacher]() if args.teacher in SHAPES else AutoConfig.from_pretrained(args.teacher)
+    cfg._attn_implementation = args.attn
+    torch.manual_seed(0)
+    with torch.device(device):
+        teacher = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=args.attn).eval()
+    teacher.requires_grad_(False)
+    lrc_kw = dict(target_hidden_size=args.target_hidden_size, logits_chunk_tokens=args.chunk_tokens)
+    lrc = LRCModel(teacher, LRCConfig(**lrc_kw)).to(dtype)
+    with torch.device(device):
+        student = AutoModelForCausalLM.from_config(lrc.student_config, dtype=dtype, attn_implementation=args.attn)
+    variants = {
+        "no_clone": LRCModel(teacher, LRCConfig(**lrc_kw, ban_losses=LRCConfig(**lrc_kw).clone_terms())).to(dtype),
+        "no_kl": LRCModel(teacher, LRCConfig(**lrc_kw, use_logits_loss=False)).to(dtype),
+    } if args.ablations else {}
+    return teacher, lrc, student, variants
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--teacher", default="smollm2-135m", help=f"named shape {sorted(SHAPES)} or a model directory")
+    ap.add_argument("--target-hidden-size", type=int, default=288)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--attn", default="sdpa", help="attention implementation (sdpa | eager | flash_attention_2)")
+    ap.add_argument("--chunk-tokens", type=int, default=1024, help="LRC logits chunk (tokens)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=3, help="timed rounds (each runs every phase once)")
+    ap.add_argument("--ablations", action="store_true", help="also time LRC without clone terms / without KL, "
+                                                             "and the weight generation alone")
+    ap.add_argument("--loss-memory", action="store_true", help="peak memory of the loss, chunked vs unchunked")
+    ap.add_argument("--loss-vocab", type=int, default=128256)
+    ap.add_argument("--loss-tokens", type=int, default=3 * 2048)
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    torch.backends.cuda.matmul.allow_tf32 = True
+    teacher, lrc, student, variants = build(args, device, dtype)
+    V = teacher.config.vocab_size
+    ids = torch.randint(0, V, (args.batch, args.seq), device=device)
+    tokens = args.batch * args.seq
+    opt_s = torch.optim.AdamW(student.parameters(), lr=1e-5, foreach=True)
+    opt_l = torch.optim.AdamW(lrc.trainable_parameters(), lr=1e-5, foreach=True)
+    opt_v = {k: torch.optim.AdamW(m.trainable_parameters(), lr=1e-5, foreach=True) for k, m in variants.items()}
+
+    def teacher_fwd():
+        with torch.no_grad():
+            teacher(input_ids=ids, use_cache=False)
+
+    def student_step():
+        loss = student(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt_s.step()
+        opt_s.zero_grad(set_to_none=True)
+
+    def lrc_step(model=lrc, opt=opt_l):
+        model(ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def gen_only():
+        w = lrc.student_weights()
+        sum(x.float().square().mean() for x in w.values() if x.requires_grad).backward()
+        opt_l.zero_grad(set_to_none=True)
+
+    phases = {"a_teacher_forward": teacher_fwd, "b_student_train_step": student_step, "c_lrc_step": lrc_step}
+    for k, m in variants.items():
+        phases[f"c_lrc_step_{k}"] = (lambda m=m, o=opt_v[k]: lrc_step(m, o))
+    if args.ablations:
+        phases["weight_generation_fwd_bwd"] = gen_only
+
+    times = {k: [] for k in phases}
+    peaks = {}
+    for r in range(args.warmup + args.iters):
+        for name, fn in phases.items():
+            with PeakMemory(device) as pm:
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                dt = time.perf_counter() - t0
+            if r >= args.warmup:
+                times[name].append(dt)
+                peaks[name] = max(peaks.get(name, 0), pm.peak)
+        print(f"round {r + 1}/{args.warmup + args.iters}: " +
+              ", ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = {
+        "date": date.today().isoformat(), "device": torch.cuda.get_device_name() if device.type == "cuda" else
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+        "teacher": args.teacher, "target_hidden_size": args.target_hidden_size, "batch": args.batch, "seq": args.seq,
+        "dtype": str(dtype).replace("torch.", ""), "attn": args.attn, "chunk_tokens": args.chunk_tokens,
+        "seconds": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
+        "peak_memory_GiB": {k: v / 2**30 for k, v in peaks.items()},
+        "ratio_c_over_a_plus_b": med["c_lrc_step"] / (med["a_teacher_forward"] + med["b_student_train_step"]),
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "trainable_params": sum(p.numel() for p in lrc.trainable_parameters()),
+    }
+    del student, opt_s
+    if args.loss_memory:
+        res["loss_memory"] = loss_memory(args, device, dtype)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+def loss_memory(args, device, dtype) -> dict:
+    """Peak memory (forward + backward) of head + KL + CE: fused chunked vs plain full-logit autograd."""
+    N, V, ds, d = args.loss_tokens, args.loss_vocab, args.target_hidden_size, 2 * args.target_hidden_size
+    g = torch.Generator(device=device).manual_seed(0)
+    h_s = torch.randn(N, ds, device=device, dtype=dtype, generator=g).requires_grad_()
+    u_s = (torch.randn(V, ds, device=device, dtype=dtype, generator=g) * 0.02).requires_grad_()
+    h_t = torch.randn(N, d, device=device, dtype=dtype, generator=g)
+    u_t = torch.randn(V, d, device=device, dtype=dtype, generator=g) * 0.02
+    tgt = torch.randint(0, V, (N,), device=device, generator=g)
+    out = {}
+
+    def chunked():
+        loss, _, _ = fused_logit_losses(h_s, u_s, tgt, h_t=h_t, u_t=u_t, tau=40.0, chunk_tokens=args.chunk_tokens)
+        loss.backward()
+
+    def plain():
+        zs = (h_s @ u_s.t()).float()
+        with torch.no_grad():
+            lt = torch.log_softmax((h_t @ u_t.t()).float() / 40.0, -1)
+        ls = torch.log_softmax(zs / 40.0, -1)
+        kl = torch.nn.functional.kl_div(ls, lt, log_target=True, reduction="sum")
+        ce = torch.nn.functional.cross_entropy(zs, tgt)
+        (kl + ce).backward()
+
+    for name, fn in (("chunked", chunked), ("unchunked", plain)):
+        h_s.grad = u_s.grad = None
+        _sync(device)
+        base = torch.cuda.memory_allocated() if device.type == "cuda" else _rss()
+        with PeakMemory(device) as pm:
+            fn()
+        out[f"{name}_peak_extra_GiB"] = (pm.peak - base) / 2**30
+    out["ratio"] = out["chunked_peak_extra_GiB"] / out["unchunked_peak_extra_GiB"]
+    out.update(tokens=N, vocab=V, d_s=ds, d=d, chunk_tokens=args.chunk_tokens)
+    return out
+
+
+if __name__ == "__main__":
+    main()
