@@ -1,0 +1,429 @@
+"""Training-data readers for the HF Trainer: pre-tokenized jsonl (the official LRC format) and raw text.
+
+Every dataset here is a map-style ``torch.utils.data.Dataset`` whose items are dicts of 1-D ``torch.long``
+tensors of length ``S = data_max_len``:
+
+- a full-length sequence: ``{"input_ids": (S,)}`` only (packed data needs no mask; the model treats "no
+  ``attention_mask`` and no ``labels``" as every position valid);
+- a shorter sequence, right-padded with id 0: ``{"input_ids": (S,), "attention_mask": (S,), "labels": (S,)}``
+  with ``attention_mask`` 1 on real tokens / 0 on pads and ``labels`` = ``input_ids`` with -100 on pads.
+  Labels are *unshifted* (HF convention): the model shifts them for next-token prediction.
+
+``collate_batch`` stacks items to ``(B, S)``; ``build_dataset`` picks the reader from the path.
+Bad input raises :class:`DataError` whose message names the file and, where there is one, the 1-based line.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import operator
+import os
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+PAD_ID = 0  # input id written at padded positions (masked out by attention_mask, ignored by labels)
+IGNORE_INDEX = -100  # label at padded positions (ignored by the cross-entropy / distillation losses)
+
+TEXT_SUFFIXES = (".txt", ".txt.xz", ".xz")
+ACCEPTED_FORMATS = ("a .jsonl file (pre-tokenized {{\"input_ids\": [...]}} or {{\"{field}\": \"...\"}} per line), "
+                    "a .txt, .txt.xz or .xz text file, or several text files separated by commas")
+
+_TOKENIZE_BATCH_DOCS = 512  # documents per fast-tokenizer batch call ...
+_TOKENIZE_BATCH_CHARS = 1 << 20  # ... or fewer, once the batch holds this many characters
+
+
+class DataError(ValueError):
+    """Bad training data: the message names the file, the 1-based line where there is one, and what was expected."""
+
+
+Item = dict[str, torch.Tensor]
+
+
+def _make_item(ids: torch.Tensor, data_max_len: int) -> Item:
+    """ids: (n,) long with 1 <= n <= data_max_len -> item of (data_max_len,) long tensors (see module docstring)."""
+    n = ids.numel()
+    if n == data_max_len:
+        return {"input_ids": ids}
+    input_ids = torch.full((data_max_len,), PAD_ID, dtype=torch.long)
+    input_ids[:n] = ids
+    attention_mask = torch.zeros(data_max_len, dtype=torch.long)
+    attention_mask[:n] = 1
+    labels = torch.full((data_max_len,), IGNORE_INDEX, dtype=torch.long)
+    labels[:n] = ids
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _check_max_len(data_max_len: int) -> int:
+    if isinstance(data_max_len, bool) or not isinstance(data_max_len, int) or data_max_len < 1:
+        raise DataError(f"data_max_len must be a positive integer, got {data_max_len!r}")
+    return data_max_len
+
+
+def _index(i: Any, n: int) -> int:
+    """Python index semantics (negative from the end) for ints and numpy/torch integer scalars."""
+    j = operator.index(i)
+    if j < 0:
+        j += n
+    if not 0 <= j < n:
+        raise IndexError(f"index {i} out of range for a dataset of {n} sequences")
+    return j
+
+
+def _parse_json_line(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pre-tokenized jsonl
+# --------------------------------------------------------------------------------------------------------------
+
+class PackedJsonlDataset(Dataset):
+    """The official LRC training format: one JSON object per line, ``{"input_ids": [int, ...], "data_cls": ...}``.
+
+    Extra fields are ignored. Random access without loading the file: construction makes one streaming pass
+    recording the byte offset of every non-blank line (``offsets``: (N,) uint64); ``__getitem__`` seeks to the
+    line, parses and validates it (valid JSON, an ``input_ids`` list of ints, ``0 <= id < vocab_size``), keeps
+    the first ``data_max_len`` ids and right-pads shorter ones (see the module docstring for the item layout).
+
+    Picklable for DataLoader workers: the file is (re)opened lazily in each process; no handle is pickled.
+    """
+
+    def __init__(self, path: PathLike, data_max_len: int, vocab_size: int) -> None:
+        self.path = os.fspath(path)
+        self.data_max_len = _check_max_len(data_max_len)
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise DataError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+        self.vocab_size = vocab_size
+        if not os.path.isfile(self.path):
+            raise DataError(f"{self.path}: no such file")
+        offsets = array("Q")
+        pos = 0
+        self.num_lines = 0  # all lines, blank ones included
+        with open(self.path, "rb") as f:
+            for line in f:
+                self.num_lines += 1
+                if line.strip():
+                    offsets.append(pos)
+                pos += len(line)
+        if pos == 0:
+            raise DataError(f"{self.path}: empty file")
+        if not offsets:
+            raise DataError(f"{self.path}: no data (only blank lines)")
+        self.offsets: np.ndarray = np.frombuffer(offsets, dtype=np.uint64).copy()  # (N,) byte offset of each line
+        self._fh: IO[bytes] | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fh"] = None
+        state["_pid"] = None
+        return state
+
+    def _file(self) -> IO[bytes]:
+        # A handle inherited through fork shares its file position with the parent: reopen in every process.
+        if self._fh is None or self._pid != os.getpid():
+            self._fh = open(self.path, "rb")
+            self._pid = os.getpid()
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None and self._pid == os.getpid():
+            self._fh.close()
+        self._fh = None
+
+    def line_number(self, index: int) -> int:
+        """1-based line number of sequence ``index`` (counts newlines up to its offset: meant for error messages)."""
+        offset = int(self.offsets[_index(index, len(self))])
+        count, done = 0, 0
+        with open(self.path, "rb") as f:
+            while done < offset:
+                chunk = f.read(min(1 << 20, offset - done))
+                if not chunk:
+                    break
+                count += chunk.count(b"\n")
+                done += len(chunk)
+        return count + 1
+
+    def read_ids(self, index: int) -> list[int]:
+        """The validated, uncut ``input_ids`` list of sequence ``index``."""
+        i = _index(index, len(self))
+        f = self._file()
+        f.seek(int(self.offsets[i]))
+        raw = f.readline()
+        where = lambda: f"{self.path}:{self.line_number(i)}"  # noqa: E731 (only computed on error)
+        try:
+            obj = json.loads(raw)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where()}: not valid UTF-8 ({e.reason})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where()}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where()}: expected a JSON object with an 'input_ids' list, got {type(obj).__name__}")
+        ids = obj.get("input_ids")
+        if not isinstance(ids, list):
+            raise DataError(f"{where()}: no 'input_ids' list")
+        if not ids:
+            raise DataError(f"{where()}: empty 'input_ids' list")
+        if not all(type(t) is int for t in ids):
+            k, bad = next((k, t) for k, t in enumerate(ids) if type(t) is not int)
+            raise DataError(f"{where()}: input_ids[{k}] is {json.dumps(bad)}, expected an integer token id")
+        lo, hi = min(ids), max(ids)
+        if lo < 0:
+            raise DataError(f"{where()}: token id {lo} < 0")
+        if hi >= self.vocab_size:
+            raise DataError(f"{where()}: token id {hi} >= vocab size {self.vocab_size}")
+        return ids
+
+    def __getitem__(self, index: int) -> Item:
+        """-> {"input_ids": (S,)} or, when the line is shorter than S, also "attention_mask" and "labels" (S,)."""
+        ids = self.read_ids(index)[: self.data_max_len]
+        return _make_item(torch.tensor(ids, dtype=torch.long), self.data_max_len)
+
+    def __repr__(self) -> str:
+        return f"PackedJsonlDataset({self.path!r}, {len(self)} sequences, data_max_len={self.data_max_len})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Raw text
+# --------------------------------------------------------------------------------------------------------------
+
+def _strip_xz(path: str) -> str:
+    return path[:-3] if path.endswith(".xz") else path
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    return lzma.open(path, "rb") if path.endswith(".xz") else open(path, "rb")
+
+
+def _decode(raw: bytes, path: str, line_no: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
+    return text[1:] if line_no == 1 and text.startswith("\ufeff") else text  # drop a byte-order mark
+
+
+def iter_documents(path: PathLike, text_field: str = "text") -> Iterator[str]:
+    """Documents of one file: jsonl (``.jsonl``, ``.jsonl.xz``) -> the ``text_field`` string of every non-blank
+    line (whitespace-only texts skipped); anything else is plain text (``.xz`` read with lzma) -> every maximal run
+    of non-blank lines, joined with "\\n" (line endings removed, other whitespace kept)."""
+    path = os.fspath(path)
+    is_jsonl = _strip_xz(path).endswith(".jsonl")
+    try:
+        with _open_binary(path) as f:
+            block: list[str] = []
+            for line_no, raw in enumerate(f, 1):
+                if is_jsonl:
+                    if not raw.strip():
+                        continue
+                    obj = _parse_json_line(raw, f"{path}:{line_no}")
+                    text = obj.get(text_field) if isinstance(obj, dict) else None
+                    if not isinstance(text, str):
+                        raise DataError(f"{path}:{line_no}: no '{text_field}' string")
+                    if text.strip():
+                        yield text
+                    continue
+                line = _decode(raw, path, line_no).rstrip("\r\n")
+                if line.strip():
+                    block.append(line)
+                elif block:
+                    yield "\n".join(block)
+                    block = []
+            if block:
+                yield "\n".join(block)
+    except (lzma.LZMAError, EOFError) as e:
+        raise DataError(f"{path}: not a valid xz file ({e})") from None
+
+
+class TextDataset(Dataset):
+    """Raw text tokenized with the teacher's tokenizer and packed on the fly into ``data_max_len``-token sequences.
+
+    Inputs: plain text (``.txt``; ``.txt.xz`` / ``.xz`` read with lzma; documents are separated by blank lines)
+    or jsonl with a ``text_field`` string per line (``.jsonl``, ``.jsonl.xz``). Each document is framed
+    ``BOS text EOS`` (BOS only if ``tokenizer.bos_token_id`` is not None, EOS likewise), tokenized with
+    ``add_special_tokens=False`` in batches (fast-tokenizer batch encode), and all documents of all files, in
+    order, are concatenated into one token stream, ``tokens``: (T,) int32, kept in RAM. Sequence i is
+    ``tokens[i*S:(i+1)*S]``; the final partial sequence is dropped (``dropped_tokens``), unless the whole text
+    is shorter than S: then it is one right-padded sequence (with ``attention_mask`` and ``labels``).
+
+    This path is for small corpora (demos, tests, a few hundred MB of text at most): everything is tokenized at
+    construction and held in memory. Large corpora go through a separate data-preparation pipeline that writes
+    token shards (``data/prepare.py``).
+    """
+
+    def __init__(self, paths: PathLike | Sequence[PathLike], tokenizer: PreTrainedTokenizerBase, data_max_len: int,
+                 text_field: str = "text", *, vocab_size: int | None = None) -> None:
+        """``vocab_size``: if given, a token id >= vocab_size (tokenizer and model disagree) raises DataError."""
+        self.paths: list[str] = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [
+            os.fspath(p) for p in paths]
+        if not self.paths:
+            raise DataError("no text files given")
+        self.data_max_len = _check_max_len(data_max_len)
+        self.text_field = text_field
+        for p in self.paths:
+            if not os.path.isfile(p):
+                raise DataError(f"{p}: no such file")
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        prefix = [] if bos is None else [int(bos)]
+        suffix = [] if eos is None else [int(eos)]
+
+        chunks: list[np.ndarray] = []
+        self.num_documents = 0
+
+        def flush(batch: list[str]) -> None:
+            enc = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+            flat: list[int] = []
+            for ids in enc:
+                flat += prefix
+                flat += ids
+                flat += suffix
+            chunks.append(np.asarray(flat, dtype=np.int32))
+
+        for p in self.paths:
+            batch: list[str] = []
+            chars = 0
+            for doc in iter_documents(p, text_field):
+                batch.append(doc)
+                chars += len(doc)
+                self.num_documents += 1
+                if len(batch) >= _TOKENIZE_BATCH_DOCS or chars >= _TOKENIZE_BATCH_CHARS:
+                    flush(batch)
+                    batch, chars = [], 0
+            if batch:
+                flush(batch)
+        names = ", ".join(self.paths)
+        if self.num_documents == 0:
+            raise DataError(f"{names}: no text (empty input)")
+        self.tokens: np.ndarray = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)  # (T,) int32
+        if vocab_size is not None and self.tokens.size and int(self.tokens.max()) >= vocab_size:
+            raise DataError(f"{names}: the tokenizer produced token id {int(self.tokens.max())} >= vocab size "
+                            f"{vocab_size}; is it the teacher's tokenizer?")
+        self.num_tokens = int(self.tokens.size)
+        full = self.num_tokens // self.data_max_len
+        self._num_seqs = full if full > 0 else 1
+        self.dropped_tokens = self.num_tokens - full * self.data_max_len if full > 0 else 0
+
+    def __len__(self) -> int:
+        return self._num_seqs
+
+    def __getitem__(self, index: int) -> Item:
+        """-> {"input_ids": (S,)}; the single short sequence of a tiny corpus also has "attention_mask", "labels"."""
+        i = _index(index, len(self))
+        S = self.data_max_len
+        ids = torch.from_numpy(self.tokens[i * S:(i + 1) * S].astype(np.int64))
+        return _make_item(ids, S)
+
+    def __repr__(self) -> str:
+        return (f"TextDataset({self.paths!r}, {self.num_documents} documents, {self.num_tokens} tokens, "
+                f"{len(self)} sequences of {self.data_max_len})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Collation and dispatch
+# --------------------------------------------------------------------------------------------------------------
+
+def collate_batch(items: list[Item]) -> dict[str, torch.Tensor]:
+    """Stack items into (B, S) long tensors.
+
+    If any item has ``attention_mask`` or ``labels``, every item gets both (a full item: a mask of ones and
+    labels = input_ids; labels default to input_ids with -100 where the mask is 0); otherwise only ``input_ids``.
+    """
+    if not items:
+        raise ValueError("collate_batch: empty batch")
+    input_ids = torch.stack([it["input_ids"] for it in items])  # (B, S)
+    if not any("attention_mask" in it or "labels" in it for it in items):
+        return {"input_ids": input_ids}
+    masks, labels = [], []
+    for it in items:
+        ids = it["input_ids"]
+        mask = it.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        lab = it.get("labels")
+        if lab is None:
+            lab = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        masks.append(mask)
+        labels.append(lab)
+    return {"input_ids": input_ids, "attention_mask": torch.stack(masks), "labels": torch.stack(labels)}
+
+
+def _first_json_object(path: str) -> tuple[int, Any]:
+    """(1-based line number, parsed value) of the first non-blank line of a jsonl file."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if raw.strip():
+                return line_no, _parse_json_line(raw, f"{path}:{line_no}")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file")
+    raise DataError(f"{path}: no data (only blank lines)")
+
+
+def _text_dataset(paths: list[str], tokenizer: PreTrainedTokenizerBase | None, data_max_len: int, vocab_size: int,
+                  text_field: str) -> TextDataset:
+    if tokenizer is None:
+        raise DataError(f"{', '.join(paths)}: raw text requires the teacher tokenizer to tokenize it, "
+                        "but none was given")
+    return TextDataset(paths, tokenizer, data_max_len, text_field, vocab_size=vocab_size)
+
+
+def _check_single(path: str, text_field: str) -> None:
+    """Raise DataError unless ``path`` is an existing file of an accepted format."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: token-shard directories are produced by data/prepare.py, which is not "
+                        "implemented yet; pass a .jsonl or text file")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or directory")
+    if not (path.endswith(".jsonl") or path.endswith(TEXT_SUFFIXES)):
+        raise DataError(f"{path}: unsupported data format; accepted: " + ACCEPTED_FORMATS.format(field=text_field))
+
+
+def build_dataset(path: PathLike, data_max_len: int, vocab_size: int,
+                  tokenizer: PreTrainedTokenizerBase | None = None, text_field: str = "text") -> Dataset:
+    """Pick the reader from ``path``.
+
+    - a ``.jsonl`` file whose first non-blank line has ``input_ids`` -> :class:`PackedJsonlDataset`;
+    - a ``.jsonl`` file whose first non-blank line has ``text_field``, or a ``.txt`` / ``.txt.xz`` / ``.xz`` file
+      -> :class:`TextDataset` (needs the teacher's ``tokenizer``);
+    - several text files separated by commas -> one :class:`TextDataset` over all of them, in order;
+    - anything else (a directory, a missing path, another format) -> :class:`DataError`.
+    """
+    path = os.fspath(path)
+    if "," in path and not os.path.exists(path):
+        parts = [p.strip() for p in path.split(",") if p.strip()]
+        for p in parts:
+            _check_single(p, text_field)
+            if p.endswith(".jsonl"):
+                _, obj = _first_json_object(p)
+                if isinstance(obj, dict) and "input_ids" in obj:
+                    raise DataError(f"{p}: holds pre-tokenized 'input_ids'; comma-separated lists are for text "
+                                    "files only, pass a single pre-tokenized .jsonl file")
+        return _text_dataset(parts, tokenizer, data_max_len, vocab_size, text_field)
+    _check_single(path, text_field)
+    if path.endswith(".jsonl"):
+        line_no, obj = _first_json_object(path)
+        if isinstance(obj, dict) and "input_ids" in obj:
+            return PackedJsonlDataset(path, data_max_len, vocab_size)
+        if isinstance(obj, dict) and text_field in obj:
+            return _text_dataset([path], tokenizer, data_max_len, vocab_size, text_field)
+        raise DataError(f"{path}:{line_no}: expected a JSON object with an 'input_ids' list (pre-tokenized) or a "
+                        f"'{text_field}' string")
+    return _text_dataset([path], tokenizer, data_max_len, vocab_size, text_field)
