@@ -159,6 +159,14 @@ def cli_case(teachers, tmp_path_factory):
     del sd["layers.1.up"]
     (tmp / "missing").mkdir()
     save_file(sd, str(tmp / "missing" / "lrc_weights.safetensors"), metadata=meta)
+    sd = load_file(str(f))
+    sd["layers.0.extra"] = torch.zeros(3)
+    (tmp / "unexpected").mkdir()
+    save_file(sd, str(tmp / "unexpected" / "lrc_weights.safetensors"), metadata=meta)
+    # an official-code checkpoint of the same projections
+    names = official_names(model.lrc_config, model.kept_layers)
+    save_file({names[k]: v.contiguous() for k, v in model.projections.state_dict().items()},
+              str(tmp / "official.safetensors"))
     return tmp, good
 
 
@@ -170,14 +178,28 @@ def test_cli_converts_and_reports(cli_case, tmp_path):
     assert (tmp_path / "student" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("case", ["missing_tensor", "other_teacher", "flag_mismatch", "unsupported_family",
-                                  "no_such_path"])
+@pytest.mark.parametrize("case", ["missing_tensor", "unexpected_tensor", "other_teacher", "flag_mismatch",
+                                  "official_bad_width", "unsupported_family", "no_such_path", "save_path_not_empty"])
 def test_cli_bad_input(cli_case, teachers, tmp_path, case):
     tmp, good = cli_case
     save = tmp_path / "out"
     if case == "missing_tensor":
         r = _cli("--ckpt-path", str(tmp / "missing"), "--save-path", str(save))
         _assert_one_line_error(r, "missing tensor", "layers.1.up")
+    elif case == "unexpected_tensor":
+        r = _cli("--ckpt-path", str(tmp / "unexpected"), "--save-path", str(save))
+        _assert_one_line_error(r, "unexpected tensor", "layers.0.extra")
+    elif case == "official_bad_width":
+        r = _cli("--ckpt-path", str(tmp / "official.safetensors"), "--save-path", str(save), "--raw-model-name",
+                 teachers["llama", True], "--target-hidden-size", "64")
+        _assert_one_line_error(r, "--target-hidden-size=64", "target_hidden_size=32")
+    elif case == "save_path_not_empty":
+        save.mkdir()
+        (save / "keep.txt").write_text("user data")
+        r = _cli("--ckpt-path", str(good), "--save-path", str(save))
+        _assert_one_line_error(r, "exists and is not empty", "--overwrite")
+        assert (save / "keep.txt").read_text() == "user data"
+        return
     elif case == "other_teacher":
         r = _cli("--ckpt-path", str(good), "--save-path", str(save), "--raw-model-name", teachers["qwen2", True])
         _assert_one_line_error(r, "teacher mismatch", "config hash")
