@@ -51,46 +51,83 @@ def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None) 
 
 
 class _FusedLogitLosses(torch.autograd.Function):
-    """loss = w_ce * sum CE + w_kl * sum KL, computed chunk-wise; gradients computed in forward."""
+    """loss = w_ce * sum CE + w_kl * sum KL, computed chunk-wise; gradients computed in forward.
+
+    Each chunk works in four reused (chunk, V) fp32 buffers with in-place ops: fresh V-wide
+    temporaries per op cost more than the arithmetic on CPU (page faults) and fragment GPU memory.
+    With lse = log-sum-exp, the per-token quantities are
+        CE  = lse(z_S) - z_S[target],          dCE/dz_S = softmax(z_S) - onehot(target)
+        KL  = sum_v p_T (z_T - z_S) / tau - lse(z_T / tau) + lse(z_S / tau),
+        dKL/dz_S = (softmax(z_S / tau) - p_T) / tau,   with p_T = softmax(z_T / tau).
+    """
 
     @staticmethod
     def forward(ctx, h_s, u_s, h_t, u_t, targets, kl_mask, w_ce, w_kl, tau, chunk, stats):
-        n = h_s.shape[0]
+        n, V = h_s.shape[0], u_s.shape[0]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         do_kl = h_t is not None
+        dev, f32 = h_s.device, torch.float32
+        c0 = min(chunk, n)
+        zs_buf = torch.empty(c0, V, dtype=f32, device=dev)  # z_S, then z_S / tau shifted, then p_S
+        g_buf = torch.empty(c0, V, dtype=f32, device=dev) if need_grad else None  # dLoss/dz_S
+        zt_buf = torch.empty(c0, V, dtype=f32, device=dev) if do_kl else None  # z_T / tau shifted, then p_T * diff
+        pt_buf = torch.empty(c0, V, dtype=f32, device=dev) if do_kl else None  # p_T
         grad_h = torch.empty_like(h_s) if need_grad else None
-        grad_u = torch.zeros(u_s.shape, dtype=torch.float32, device=u_s.device) if need_grad else None
-        ce_sum = h_s.new_zeros((), dtype=torch.float32)
-        kl_sum = h_s.new_zeros((), dtype=torch.float32)
+        grad_u = torch.zeros(u_s.shape, dtype=f32, device=dev) if need_grad else None
+        ce_sum = torch.zeros((), dtype=f32, device=dev)
+        kl_sum = torch.zeros((), dtype=f32, device=dev)
+        inv_tau = 1.0 / tau
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
+            c = b - a
             hs = h_s[a:b]
-            zs = (hs @ u_s.t()).float()  # (c, V)
+            zs = zs_buf[:c]
+            _mm_into(zs, hs, u_s)  # (c, V) student logits
             tgt = targets[a:b]
             ce_valid = tgt >= 0
-            lse = torch.logsumexp(zs, dim=-1)
-            picked = zs.gather(1, tgt.clamp_min(0).unsqueeze(1)).squeeze(1)
-            ce_sum += ((lse - picked) * ce_valid).sum()
+            tgt0 = tgt.clamp_min(0)
+            picked = zs.gather(1, tgt0.unsqueeze(1)).squeeze(1)
+            m1 = zs.amax(-1, keepdim=True)
             if need_grad:
-                g = torch.exp(zs - lse.unsqueeze(1))  # softmax(z_S)
-                g[torch.arange(b - a, device=g.device), tgt.clamp_min(0)] -= 1.0
-                g *= (ce_valid.float() * w_ce).unsqueeze(1)
+                e = g_buf[:c]
+                torch.sub(zs, m1, out=e).exp_()
+            else:
+                e = (zs - m1).exp_()
+            s1 = e.sum(-1, keepdim=True)
+            lse1 = (m1 + s1.log()).squeeze(1)
+            ce_sum += ((lse1 - picked) * ce_valid).sum()
+            if need_grad:  # g = (softmax(z_S) - onehot) * w_ce on counted rows
+                e.div_(s1)
+                e[torch.arange(c, device=dev), tgt0] -= 1.0
+                e.mul_((ce_valid.to(f32) * w_ce).unsqueeze(1))
+            del e
             if do_kl:
-                m = kl_mask[a:b].float()
-                zt = (h_t[a:b] @ u_t.t()).float()
-                lt = torch.log_softmax(zt / tau, dim=-1)
-                ls = torch.log_softmax(zs / tau, dim=-1)
-                pt = lt.exp()
-                kl_sum += ((pt * (lt - ls)).sum(-1) * m).sum()
-                if need_grad:
-                    # d/dz_S KL = (p_S - p_T) / tau
-                    g += (ls.exp() - pt) * (m * (w_kl / tau)).unsqueeze(1)
-                del zt, lt, ls, pt
+                m = kl_mask[a:b].to(f32)
+                zt = zt_buf[:c]
+                _mm_into(zt, h_t[a:b] * inv_tau, u_t)  # z_T / tau
+                zt.sub_(zt.amax(-1, keepdim=True))
+                pt = pt_buf[:c]
+                torch.exp(zt, out=pt)
+                st = pt.sum(-1, keepdim=True)
+                pt.div_(st)  # p_T
+                zs.mul_(inv_tau)
+                zs.sub_(zs.amax(-1, keepdim=True))  # z_S / tau, shifted
+                zt.sub_(zs).mul_(pt)  # p_T * (shifted z_T/tau - shifted z_S/tau)
+                zs.exp_()
+                ss = zs.sum(-1, keepdim=True)
+                kl_tok = zt.sum(-1) - st.log().squeeze(1) + ss.log().squeeze(1)
+                kl_sum += (kl_tok * m).sum()
+                if need_grad:  # g += (p_S - p_T) * m * w_kl / tau
+                    zs.div_(ss).sub_(pt).mul_((m * (w_kl * inv_tau)).unsqueeze(1))
+                    g_buf[:c].add_(zs)
             if need_grad:
-                gd = g.to(h_s.dtype)
-                grad_h[a:b] = gd @ u_s
-                grad_u += (gd.t() @ hs).float()
-            del zs
+                g = g_buf[:c]
+                gd = g if h_s.dtype == f32 else g.to(h_s.dtype)
+                torch.mm(gd, u_s, out=grad_h[a:b])
+                if gd.dtype == f32:
+                    grad_u.addmm_(gd.t(), hs)
+                else:
+                    grad_u += (gd.t() @ hs).float()
         stats.append((ce_sum.detach(), kl_sum.detach()))
         if need_grad:
             ctx.save_for_backward(grad_h, grad_u)
@@ -103,6 +140,14 @@ class _FusedLogitLosses(torch.autograd.Function):
         gh = grad_h * grad_out.to(grad_h.dtype)
         gu = (grad_u * grad_out).to(ctx.u_dtype)
         return gh, gu, None, None, None, None, None, None, None, None, None
+
+
+def _mm_into(out: Tensor, x: Tensor, w: Tensor) -> None:
+    """out (fp32, (c, V)) <- x (c, k) @ w (V, k)^T, without a temporary when x is fp32."""
+    if x.dtype == out.dtype and w.dtype == out.dtype:
+        torch.mm(x, w.t(), out=out)
+    else:
+        out.copy_(x @ w.t())
 
 
 def fused_logit_losses(
