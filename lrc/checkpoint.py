@@ -57,6 +57,12 @@ class LRCCheckpoint:
     official: bool = False
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,6 +71,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; checkpoints are shared files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from .checkpoint import (CheckpointError, infer_official_variant, load_into_projections, load_lrc_checkpoint,
+from .checkpoint import (CheckpointError, current_umask, infer_official_variant, load_into_projections, load_lrc_checkpoint,
                          official_to_ours)
 from .config import LRCConfig
 from .families import check_family
@@ -167,6 +168,7 @@ def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | Non
         (tmp / "lrc_conversion.json").write_text(json.dumps(
             {"source_checkpoint": str(Path(ckpt_path).resolve()), "teacher": teacher_path,
              "lrc": lrc.to_dict(), "dtype": str(target_dtype).replace("torch.", "")}, indent=2) + "\n")
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)

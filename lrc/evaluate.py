@@ -1,0 +1,119 @@
+"""Held-out cross-entropy and perplexity of a causal LM: a trained student, its teacher, or the
+training-time LRC student (``LRCModel``).
+
+The same function scores all three, so their numbers are comparable: next-token CE summed over
+every counted position (position t predicts token t+1; padded positions and labels of -100 do not
+count), divided by the number of counted positions; perplexity = exp(CE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .data import collate_batch
+
+
+@dataclass
+class HeldoutResult:
+    ce: float
+    """Mean next-token cross-entropy (nats per token)."""
+    ppl: float
+    """exp(ce)."""
+    tokens: int
+    """Number of predicted positions that counted."""
+
+
+def _logits_fn(model: nn.Module):
+    """input_ids, attention_mask -> logits. For an ``LRCModel`` the student's weights are generated once."""
+    from .model import LRCModel  # local: keeps this module light for callers that only score HF models
+
+    if isinstance(model, LRCModel):
+        weights = model.student_weights()
+        return lambda ids, mask: functional_call(model.student, weights, args=(), kwargs=dict(
+            input_ids=ids, attention_mask=mask, use_cache=False)).logits
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+@torch.no_grad()
+def ce_sum(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(sum of next-token CE over counted positions, number of counted positions), fp32 tensors.
+
+    ``batch``: ``input_ids`` (B, S) and optionally ``attention_mask`` / ``labels`` (B, S), as produced by
+    ``lrc.data.collate_batch``. No host sync.
+    """
+    input_ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    labels = batch.get("labels", input_ids)
+    valid = labels != -100
+    if mask is not None:
+        valid = valid & mask.bool()
+    targets = torch.where(valid[:, 1:] & valid[:, :-1], labels[:, 1:], -100)  # (B, S-1)
+    total = torch.zeros((), dtype=torch.float32, device=input_ids.device)
+    logits_of = _logits_fn(model)
+    for b in range(input_ids.shape[0]):  # one row at a time: (S, V) fp32 logits at most
+        logits = logits_of(input_ids[b:b + 1], None if mask is None else mask[b:b + 1])[0, :-1].float()
+        total += nn.functional.cross_entropy(logits, targets[b], ignore_index=-100, reduction="sum")
+    return total, (targets >= 0).sum().float()
+
+
+@torch.no_grad()
+def heldout_perplexity(model: nn.Module, dataset: Dataset, batch_size: int = 4,
+                       max_sequences: int | None = None) -> HeldoutResult:
+    """Token-weighted CE and perplexity of ``model`` over ``dataset`` (items as in ``lrc.data``).
+
+    ``model``: an ``LRCModel`` (its training-time student is scored) or any HF causal LM. It is run
+    in eval mode on its own device; ``max_sequences`` scores only the first sequences.
+    """
+    if max_sequences:
+        dataset = Subset(dataset, range(min(max_sequences, len(dataset))))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_batch):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            s, n = ce_sum(model, batch)
+            total += s.double()
+            count += n.double()
+    finally:
+        model.train(was_training)
+    n = int(count.item())
+    if n == 0:
+        raise ValueError("heldout_perplexity: the dataset has no predicted positions")
+    ce = float(total.item()) / n
+    return HeldoutResult(ce=ce, ppl=math.exp(min(ce, 700.0)), tokens=n)
+
+
+def main(model: str, data: str, data_max_len: int = 1024, batch_size: int = 4, max_sequences: int = 0,
+         text_field: str = "text") -> None:
+    """``python -m lrc.evaluate --model DIR_OR_GGUF --data FILE``: held-out CE and perplexity of a model.
+
+    ``model``: a converted student directory, a teacher directory, or a teacher ``.gguf`` file;
+    ``data``: any format ``lrc.data.build_dataset`` reads (tokenized with the model's tokenizer).
+    """
+    from .data import build_dataset
+    from .teacher import load_teacher, load_tokenizer
+
+    lm = load_teacher(model, dtype=torch.float32)
+    tok = load_tokenizer(model)
+    ds = build_dataset(data, data_max_len, lm.config.vocab_size, tok, text_field)
+    r = heldout_perplexity(lm, ds, batch_size, max_sequences or None)
+    print(f"{model}: {r.tokens} predicted tokens of {data} (sequences of {data_max_len}): ce {r.ce:.4f}  ppl {r.ppl:.2f}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    import fire
+
+    from .cli_errors import run_cli
+
+    sys.exit(run_cli(lambda: fire.Fire(main)))
