@@ -104,10 +104,15 @@ def save_lrc_checkpoint(directory: str | os.PathLike, projections: LRCProjection
     return d / WEIGHTS_NAME
 
 
-def _latest_checkpoint_dir(d: Path) -> Path | None:
-    cands = [(int(m.group(1)), p) for p in d.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    return max(cands)[1] if cands else None
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N`` directory in ``output_dir``, oldest first."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name)))
 
 
 def resolve_weights_file(path: str | os.PathLike) -> Path:
@@ -123,9 +128,9 @@ def resolve_weights_file(path: str | os.PathLike) -> Path:
     for name in (WEIGHTS_NAME, "model.safetensors"):
         if (p / name).is_file():
             return p / name
-    latest = _latest_checkpoint_dir(p)
-    if latest is not None:
-        return resolve_weights_file(latest)
+    for _, ckpt in reversed(list_checkpoints(p)):
+        if (ckpt / WEIGHTS_NAME).is_file():
+            return ckpt / WEIGHTS_NAME
     raise CheckpointError(
         f"no {WEIGHTS_NAME} (or official model.safetensors) in {str(p)!r}, and no checkpoint-N sub-directory"
     )

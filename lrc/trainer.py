@@ -46,8 +46,8 @@ from torch import Tensor
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TeacherRef, load_into_projections,
-                         load_lrc_checkpoint, save_lrc_checkpoint)
+from .checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TeacherRef, list_checkpoints,
+                         load_into_projections, load_lrc_checkpoint, save_lrc_checkpoint)
 from .data import collate_batch
 from .evaluate import ce_sum
 from .model import LRCModel, LRCOutput
@@ -55,7 +55,6 @@ from .model import LRCModel, LRCOutput
 STAGING_DIR = ".staging"
 """Sub-directory of ``output_dir`` where checkpoints are written before being renamed into place."""
 TRAINER_STATE = "trainer_state.json"
-_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 _LAYER_KEY_RE = re.compile(r"^L\d+-")
 # Fields of the LRC config that may differ between a checkpoint and the run resuming from it.
 _RESUME_FREE_FIELDS = ("logits_chunk_tokens",)
@@ -70,15 +69,6 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
     """A ``checkpoint-N`` directory with its LRC weights and trainer state."""
     p = Path(path)
     return (p / WEIGHTS_NAME).is_file() and (p / TRAINER_STATE).is_file()
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``checkpoint-N`` directory in ``output_dir``, oldest first."""
-    d = Path(output_dir)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))]
-    return sorted(found)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
