@@ -102,7 +102,6 @@ class LRCModel(nn.Module):
             raise RuntimeError(f"student skeleton has buffers LRC cannot supply: {meta_buffers}")
         self.__dict__["_student"] = skeleton  # deliberately unregistered (see module docstring)
         self._student_param_names = [n for n, _ in skeleton.named_parameters()]
-        self._teacher_params = dict(teacher.named_parameters())
 
     # ------------------------------------------------------------------ student weights
     @property
@@ -119,14 +118,10 @@ class LRCModel(nn.Module):
         """Explicit trainable set: the projections and the student gains (never the teacher)."""
         return list(self.projections.parameters())
 
-    def _refresh_teacher_params(self) -> None:
-        # accelerate / DeepSpeed may move or re-wrap parameters after construction.
-        self._teacher_params = dict(self.teacher.named_parameters())
-
     def student_weights(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Generate the student's parameters (standard HF names) from the teacher and projections."""
-        self._refresh_teacher_params()
-        return generate_student_weights(self._teacher_params, self.projections, self.lrc_config,
+        # Read the teacher's tensors at call time: accelerate / DeepSpeed may move or cast them.
+        return generate_student_weights(dict(self.teacher.named_parameters()), self.projections, self.lrc_config,
                                         self.kept_layers, self._student_param_names,
                                         self.teacher_tied, dtype)
 
