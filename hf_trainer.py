@@ -56,7 +56,8 @@ FLAGS: dict[str, Flag] = {
     "raw_model_name": Flag(REQUIRED, "str", "teacher: HF model directory / hub id, or a .gguf file",
                            "../models/Meta-Llama-3-8B-Instruct"),
     "dataset_name": Flag(REQUIRED, "str", "training data: packed jsonl {\"input_ids\": [...]} (official format), "
-                         "text jsonl {\"text\": ...}, .txt/.txt.xz, or comma-separated text files", "../datasets/squad_v2"),
+                         "text jsonl {\"text\": ...}, .txt/.txt.xz, comma-separated text files, or a token-shard "
+                         "directory written by data/prepare.py", "../datasets/squad_v2"),
     "output_dir": Flag(REQUIRED, "str", "EXACTLY where outputs go: checkpoint-N/ and the final weights at its root",
                        "../ckpts, then a run dir {tags}/{MMDDHH}/ below it"),
     "target_hidden_size": Flag(REQUIRED, "int", "student hidden size d_s (< teacher hidden size)", "1024"),

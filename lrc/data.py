@@ -9,7 +9,8 @@ tensors of length ``S = data_max_len``:
   with ``attention_mask`` 1 on real tokens / 0 on pads and ``labels`` = ``input_ids`` with -100 on pads.
   Labels are *unshifted* (HF convention): the model shifts them for next-token prediction.
 
-``collate_batch`` stacks items to ``(B, S)``; ``build_dataset`` picks the reader from the path.
+``collate_batch`` stacks items to ``(B, S)``; ``build_dataset`` picks the reader from the path (token-shard
+directories written by ``data/prepare.py`` -> ``TokenShardDataset``).
 Bad input raises :class:`DataError` whose message names the file and, where there is one, the 1-based line.
 """
 
@@ -80,7 +81,8 @@ def _index(i: Any, n: int) -> int:
     return j
 
 
-def _parse_json_line(raw: bytes, where: str) -> Any:
+def parse_json_line(raw: bytes | str, where: str) -> Any:
+    """``json.loads`` whose errors are DataErrors naming ``where`` (``file:line``)."""
     try:
         return json.loads(raw)
     except UnicodeDecodeError as e:
@@ -172,10 +174,8 @@ class PackedJsonlDataset(Dataset):
         where = lambda: f"{self.path}:{self.line_number(i)}"  # noqa: E731 (only computed on error)
         try:
             obj = json.loads(raw)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{where()}: not valid UTF-8 ({e.reason})") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where()}: not valid JSON ({e.msg})") from None
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError: build the file:line message only now
+            obj = parse_json_line(raw, where())
         if not isinstance(obj, dict):
             raise DataError(f"{where()}: expected a JSON object with an 'input_ids' list, got {type(obj).__name__}")
         ids = obj.get("input_ids")
@@ -235,7 +235,7 @@ def iter_documents(path: PathLike, text_field: str = "text") -> Iterator[str]:
                 if is_jsonl:
                     if not raw.strip():
                         continue
-                    obj = _parse_json_line(raw, f"{path}:{line_no}")
+                    obj = parse_json_line(raw, f"{path}:{line_no}")
                     text = obj.get(text_field) if isinstance(obj, dict) else None
                     if not isinstance(text, str):
                         raise DataError(f"{path}:{line_no}: no '{text_field}' string")
@@ -338,6 +338,109 @@ class TextDataset(Dataset):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Token shards (data/prepare.py)
+# --------------------------------------------------------------------------------------------------------------
+
+SHARD_MANIFEST = "manifest.json"
+
+
+class TokenShardDataset(Dataset):
+    """Token shards written by ``data/prepare.py``: a directory with ``manifest.json`` and raw ``.bin`` shards.
+
+    Each shard holds ``num_sequences`` sequences of ``seq_len`` tokens, contiguous, ``dtype`` uint16 or uint32
+    (from the manifest). Sequences are memory-mapped (``np.memmap``, opened lazily in each process, so the dataset
+    pickles for DataLoader workers) and item ``i`` is ``{"input_ids": (data_max_len,)}`` long: the first
+    ``data_max_len`` tokens of sequence ``i`` (shards longer than ``data_max_len`` are cut; shorter ones, or a
+    manifest ``vocab_size`` larger than the model's, raise :class:`DataError` naming the manifest).
+    """
+
+    def __init__(self, path: PathLike, data_max_len: int, vocab_size: int) -> None:
+        self.path = os.fspath(path)
+        self.data_max_len = _check_max_len(data_max_len)
+        self.manifest_path = os.path.join(self.path, SHARD_MANIFEST)
+        mp = self.manifest_path
+        if not os.path.isfile(mp):
+            raise DataError(f"{self.path}: no {SHARD_MANIFEST}; expected a token-shard directory written by "
+                            "data/prepare.py")
+        try:
+            with open(mp, "rb") as f:
+                m = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{mp}: not valid JSON ({e})") from None
+        if not isinstance(m, dict):
+            raise DataError(f"{mp}: expected a JSON object")
+        for key in ("seq_len", "dtype", "vocab_size", "shards"):
+            if key not in m:
+                raise DataError(f"{mp}: missing '{key}'")
+        if m["dtype"] not in ("uint16", "uint32"):
+            raise DataError(f"{mp}: dtype {m['dtype']!r} is not uint16 or uint32")
+        self.seq_len = int(m["seq_len"])
+        self.dtype = np.dtype(m["dtype"])
+        if self.seq_len < self.data_max_len:
+            raise DataError(f"{mp}: sequences of {self.seq_len} tokens are shorter than data_max_len "
+                            f"{self.data_max_len}; re-run data/prepare.py with --data-max-len {self.data_max_len}")
+        if int(m["vocab_size"]) > vocab_size:
+            raise DataError(f"{mp}: tokenized with a vocabulary of {m['vocab_size']} tokens, but the model has "
+                            f"{vocab_size}; is it the teacher's tokenizer?")
+        self.manifest = m
+        self.shard_files: list[str] = []
+        counts = []
+        for sh in m["shards"]:
+            fp = os.path.join(self.path, sh["file"])
+            n = int(sh["num_sequences"])
+            want = n * self.seq_len * self.dtype.itemsize
+            if not os.path.isfile(fp):
+                raise DataError(f"{mp}: shard {sh['file']} is missing")
+            if os.path.getsize(fp) != want:
+                raise DataError(f"{mp}: shard {sh['file']} has {os.path.getsize(fp)} bytes, expected {want} "
+                                f"({n} sequences x {self.seq_len} x {self.dtype.itemsize})")
+            self.shard_files.append(fp)
+            counts.append(n)
+        self.starts: np.ndarray = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # (num_shards+1,)
+        if self.starts[-1] == 0:
+            raise DataError(f"{mp}: no sequences")
+        if "num_sequences" in m and int(m["num_sequences"]) != int(self.starts[-1]):
+            raise DataError(f"{mp}: num_sequences {m['num_sequences']} != {int(self.starts[-1])} in the shards")
+        self._maps: list[np.ndarray | None] = [None] * len(self.shard_files)
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = [None] * len(self.shard_files)
+        state["_pid"] = None
+        return state
+
+    def _shard(self, k: int) -> np.ndarray:
+        if self._pid != os.getpid():
+            self._maps = [None] * len(self.shard_files)
+            self._pid = os.getpid()
+        mm = self._maps[k]
+        if mm is None:
+            n = int(self.starts[k + 1] - self.starts[k])
+            mm = np.memmap(self.shard_files[k], dtype=self.dtype, mode="r", shape=(n, self.seq_len))
+            self._maps[k] = mm
+        return mm
+
+    def sequence(self, index: int) -> np.ndarray:
+        """The full stored sequence ``index``: (seq_len,) of the manifest dtype."""
+        i = _index(index, len(self))
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self._shard(k)[i - int(self.starts[k])]
+
+    def __getitem__(self, index: int) -> Item:
+        """-> {"input_ids": (data_max_len,) long}."""
+        ids = self.sequence(index)[: self.data_max_len].astype(np.int64)
+        return {"input_ids": torch.from_numpy(ids)}
+
+    def __repr__(self) -> str:
+        return (f"TokenShardDataset({self.path!r}, {len(self)} sequences of {self.seq_len} tokens, "
+                f"data_max_len={self.data_max_len})")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Collation and dispatch
 # --------------------------------------------------------------------------------------------------------------
 
@@ -371,7 +474,7 @@ def _first_json_object(path: str) -> tuple[int, Any]:
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, 1):
             if raw.strip():
-                return line_no, _parse_json_line(raw, f"{path}:{line_no}")
+                return line_no, parse_json_line(raw, f"{path}:{line_no}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file")
     raise DataError(f"{path}: no data (only blank lines)")
@@ -388,8 +491,8 @@ def _text_dataset(paths: list[str], tokenizer: PreTrainedTokenizerBase | None, d
 def _check_single(path: str, text_field: str) -> None:
     """Raise DataError unless ``path`` is an existing file of an accepted format."""
     if os.path.isdir(path):
-        raise DataError(f"{path}: token-shard directories are produced by data/prepare.py, which is not "
-                        "implemented yet; pass a .jsonl or text file")
+        raise DataError(f"{path}: a directory without {SHARD_MANIFEST}; expected a token-shard directory written "
+                        "by data/prepare.py, or a .jsonl or text file")
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or directory")
     if not (path.endswith(".jsonl") or path.endswith(TEXT_SUFFIXES)):
@@ -404,9 +507,12 @@ def build_dataset(path: PathLike, data_max_len: int, vocab_size: int,
     - a ``.jsonl`` file whose first non-blank line has ``text_field``, or a ``.txt`` / ``.txt.xz`` / ``.xz`` file
       -> :class:`TextDataset` (needs the teacher's ``tokenizer``);
     - several text files separated by commas -> one :class:`TextDataset` over all of them, in order;
-    - anything else (a directory, a missing path, another format) -> :class:`DataError`.
+    - a directory with ``manifest.json`` (written by ``data/prepare.py``) -> :class:`TokenShardDataset`;
+    - anything else (a directory without a manifest, a missing path, another format) -> :class:`DataError`.
     """
     path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, SHARD_MANIFEST)):
+        return TokenShardDataset(path, data_max_len, vocab_size)
     if "," in path and not os.path.exists(path):
         parts = [p.strip() for p in path.split(",") if p.strip()]
         for p in parts:

@@ -329,7 +329,7 @@ def test_build_dataset_dispatch(tok, tmp_path):
 
 
 def test_build_dataset_errors(tok, tmp_path):
-    with pytest.raises(DataError, match="shards: token-shard directories are produced by data/prepare.py"):
+    with pytest.raises(DataError, match="shards: a directory without manifest.json; expected a token-shard directory"):
         (tmp_path / "shards").mkdir()
         build_dataset(tmp_path / "shards", 8, V)
     with pytest.raises(DataError, match="nope.jsonl: no such file or directory"):
