@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.func import functional_call
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -102,6 +104,9 @@ class LRCModel(nn.Module):
             raise RuntimeError(f"student skeleton has buffers LRC cannot supply: {meta_buffers}")
         self.__dict__["_student"] = skeleton  # deliberately unregistered (see module docstring)
         self._student_param_names = [n for n, _ in skeleton.named_parameters()]
+        self.gradient_checkpointing = False
+        self._gc_replaying = False
+        self._gc_hooks: list = []  # under gradient checkpointing: the last step's student hooks
 
     # ------------------------------------------------------------------ student weights
     @property
@@ -131,6 +136,36 @@ class LRCModel(nn.Module):
         out = functional_call(self.student, w, args=(),
                               kwargs=dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False))
         return out.logits
+
+    # ------------------------------------------------------------------ gradient checkpointing
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each student decoder layer (and its clone terms) in backward instead of storing it.
+
+        The layer is replayed through ``functional_call`` with the generated weights it ran with
+        (captured at forward time), so the recomputation matches. The clone-term hooks stay
+        registered, and the teacher's targets are kept until the next forward, so the replay
+        recomputes the same terms (recorded once). Saves the student's intermediate activations;
+        the teacher's targets are still held.
+        """
+        for layer in self.student.model.layers:
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = partial(self._checkpoint_layer, layer)
+        self.gradient_checkpointing = True
+
+    def _checkpoint_layer(self, layer: nn.Module, fn, *args):
+        if self._gc_replaying:  # inside our own replay: run the layer's plain forward
+            return fn(*args)
+        params = dict(layer.named_parameters())  # the generated weights it runs with right now
+        kwargs = fn.keywords
+
+        def run(*a):
+            self._gc_replaying = True
+            try:
+                return functional_call(layer, params, a, kwargs)
+            finally:
+                self._gc_replaying = False
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
     # ------------------------------------------------------------------ hooks
     @contextmanager
@@ -189,19 +224,25 @@ class LRCModel(nn.Module):
             for term in lrc.active_clone_terms():
 
                 def hook(mod, args, out, L=L, term=term):
-                    target = store.pop((L, term), None)
-                    if target is None:  # e.g. a recomputation: the term was already taken
+                    # Without checkpointing the target is dropped once used; with it, the backward
+                    # replay of the layer recomputes the same term (and only the first value counts).
+                    target = store.get((L, term)) if self.gradient_checkpointing else store.pop((L, term), None)
+                    if target is None:
                         return
                     with grad_ctx():
                         s, t = self._student_term(L, term, args, out, target)
-                        results[(L, term)] = clone_distance(s, t, lrc.aux_loss_type, mask)
+                        d = clone_distance(s, t, lrc.aux_loss_type, mask)
+                    results.setdefault((L, term), d)
 
                 handles.append(_get(layers[j], _STUDENT_HOOK[term]).register_forward_hook(hook))
         try:
             yield
         finally:
-            for h in handles:
-                h.remove()
+            if self.gradient_checkpointing:
+                self._gc_hooks = handles  # removed at the next forward, after this step's backward
+            else:
+                for h in handles:
+                    h.remove()
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -229,6 +270,9 @@ class LRCModel(nn.Module):
         targets[:, :-1] = torch.where(valid[:, 1:] & valid[:, :-1], labels[:, 1:], -100)
         fwd_kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 
+        for h in self._gc_hooks:  # previous step's hooks (gradient checkpointing)
+            h.remove()
+        self._gc_hooks = []
         store: dict = {}
         with torch.no_grad(), self._capture_teacher(store):
             h_t = self.teacher.model(**fwd_kwargs).last_hidden_state  # (B, S, d)
@@ -238,7 +282,8 @@ class LRCModel(nn.Module):
         results: dict = {}
         with self._student_losses(store, results, mask):
             h_s = functional_call(self.student.model, base, args=(), kwargs=fwd_kwargs).last_hidden_state
-        store.clear()
+        if not self.gradient_checkpointing:
+            store.clear()
 
         u_s = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])  # (V, d_s)
         u_t = self.teacher.get_output_embeddings().weight  # (V, d)

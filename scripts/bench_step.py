@@ -105,6 +105,8 @@ def build(args, device, dtype):
     teacher.requires_grad_(False)
     lrc_kw = dict(target_hidden_size=args.target_hidden_size, logits_chunk_tokens=args.chunk_tokens)
     lrc = LRCModel(teacher, LRCConfig(**lrc_kw)).to(dtype)
+    if args.gradient_checkpointing:
+        lrc.enable_gradient_checkpointing()
     with torch.device(device):
         student = AutoModelForCausalLM.from_config(lrc.student_config, dtype=dtype, attn_implementation=args.attn)
     variants = {
@@ -123,6 +125,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on GPU, fp32 on CPU")
     ap.add_argument("--attn", default="sdpa", help="attention implementation (sdpa | eager | flash_attention_2)")
     ap.add_argument("--chunk-tokens", type=int, default=1024, help="LRC logits chunk (tokens)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="LRC step with gradient checkpointing")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3, help="timed rounds (each runs every phase once)")
     ap.add_argument("--ablations", action="store_true", help="also time LRC without clone terms / without KL, "
@@ -193,6 +196,7 @@ def main() -> None:
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "teacher": args.teacher, "target_hidden_size": args.target_hidden_size, "batch": args.batch, "seq": args.seq,
         "dtype": str(dtype).replace("torch.", ""), "attn": args.attn, "chunk_tokens": args.chunk_tokens,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "seconds": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "peak_memory_GiB": {k: v / 2**30 for k, v in peaks.items()},
         "ratio_c_over_a_plus_b": med["c_lrc_step"] / (med["a_teacher_forward"] + med["b_student_train_step"]),

@@ -446,3 +446,30 @@ def test_bf16_teacher_with_fp32_master_projections_trains():
     assert torch.isfinite(out.loss)
     for name, p in model.projections.named_parameters():
         assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32, name
+
+
+@pytest.mark.parametrize("family,masked", [("llama", False), ("qwen3", True)])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(family, masked):
+    teacher = tiny_teacher(family)
+    lrc = LRCConfig(target_hidden_size=32, attn_out_space="student")
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = None
+    if masked:
+        mask = torch.ones(2, 9, dtype=torch.long)
+        mask[0, 6:] = 0
+    results = []
+    for gc in (False, True):
+        model = LRCModel(teacher, lrc)
+        randomize_projections(model)
+        if gc:
+            model.enable_gradient_checkpointing()
+        for _ in range(2):  # twice: the second step must not reuse the first step's hooks or targets
+            model.projections.zero_grad()
+            out = model(ids, attention_mask=mask)
+            out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.projections.named_parameters()}))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a.loss, b.loss, rtol=1e-6)
+    assert a.layer_terms.keys() == b.layer_terms.keys()
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], rtol=1e-5, atol=1e-7), k
