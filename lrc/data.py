@@ -16,6 +16,7 @@ Bad input raises :class:`DataError` whose message names the file and, where ther
 
 from __future__ import annotations
 
+import gzip
 import json
 import lzma
 import operator
@@ -210,8 +211,13 @@ def _strip_xz(path: str) -> str:
     return path[:-3] if path.endswith(".xz") else path
 
 
-def _open_binary(path: str) -> IO[bytes]:
-    return lzma.open(path, "rb") if path.endswith(".xz") else open(path, "rb")
+def open_binary(path: str) -> IO[bytes]:
+    """Open a possibly compressed file (``.xz`` with lzma, ``.gz`` with gzip) for reading bytes."""
+    if path.endswith(".xz"):
+        return lzma.open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _decode(raw: bytes, path: str, line_no: int) -> str:
@@ -222,6 +228,24 @@ def _decode(raw: bytes, path: str, line_no: int) -> str:
     return text[1:] if line_no == 1 and text.startswith("\ufeff") else text  # drop a byte-order mark
 
 
+def iter_text_blocks(lines: Iterator[bytes], path: str) -> Iterator[tuple[str, int]]:
+    """Plain-text documents of an open file: every maximal run of non-blank lines, joined with "\\n" (line
+    endings removed, other whitespace kept), with the 1-based line where it starts."""
+    block: list[str] = []
+    start = 0
+    for line_no, raw in enumerate(lines, 1):
+        line = _decode(raw, path, line_no).rstrip("\r\n")
+        if line.strip():
+            if not block:
+                start = line_no
+            block.append(line)
+        elif block:
+            yield "\n".join(block), start
+            block = []
+    if block:
+        yield "\n".join(block), start
+
+
 def iter_documents(path: PathLike, text_field: str = "text") -> Iterator[str]:
     """Documents of one file: jsonl (``.jsonl``, ``.jsonl.xz``) -> the ``text_field`` string of every non-blank
     line (whitespace-only texts skipped); anything else is plain text (``.xz`` read with lzma) -> every maximal run
@@ -229,27 +253,19 @@ def iter_documents(path: PathLike, text_field: str = "text") -> Iterator[str]:
     path = os.fspath(path)
     is_jsonl = _strip_xz(path).endswith(".jsonl")
     try:
-        with _open_binary(path) as f:
-            block: list[str] = []
+        with open_binary(path) as f:
+            if not is_jsonl:
+                yield from (text for text, _ in iter_text_blocks(f, path))
+                return
             for line_no, raw in enumerate(f, 1):
-                if is_jsonl:
-                    if not raw.strip():
-                        continue
-                    obj = parse_json_line(raw, f"{path}:{line_no}")
-                    text = obj.get(text_field) if isinstance(obj, dict) else None
-                    if not isinstance(text, str):
-                        raise DataError(f"{path}:{line_no}: no '{text_field}' string")
-                    if text.strip():
-                        yield text
+                if not raw.strip():
                     continue
-                line = _decode(raw, path, line_no).rstrip("\r\n")
-                if line.strip():
-                    block.append(line)
-                elif block:
-                    yield "\n".join(block)
-                    block = []
-            if block:
-                yield "\n".join(block)
+                obj = parse_json_line(raw, f"{path}:{line_no}")
+                text = obj.get(text_field) if isinstance(obj, dict) else None
+                if not isinstance(text, str):
+                    raise DataError(f"{path}:{line_no}: no '{text_field}' string")
+                if text.strip():
+                    yield text
     except (lzma.LZMAError, EOFError) as e:
         raise DataError(f"{path}: not a valid xz file ({e})") from None
 

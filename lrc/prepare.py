@@ -43,7 +43,6 @@ conversations into a ``text`` field beforehand), document-level deduplication.
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import lzma
 import operator
@@ -58,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, parse_json_line
+from .data import DataError, iter_text_blocks, open_binary, parse_json_line
 
 FORMATS = ("parquet", "jsonl", "txt")
 FRAMINGS = ("bos_eos", "official")
@@ -188,18 +187,19 @@ class TokenizerSpec:
 
 
 def _load_hf_tokenizer(path: str):
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """A tokenizer from a directory or ``.gguf`` file (``lrc.teacher.load_tokenizer``) or a ``tokenizer.json``."""
+    from transformers import PreTrainedTokenizerFast
 
-    if os.path.isdir(path):
-        return AutoTokenizer.from_pretrained(path)
+    from .teacher import load_tokenizer
+
     if not os.path.exists(path):
         raise DataError("no such file or directory")
-    if path.endswith(".gguf"):
-        return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+    if os.path.isdir(path) or path.endswith(".gguf"):
+        return load_tokenizer(path)
     if path.endswith(".json"):
         d = os.path.dirname(os.path.abspath(path))
         if os.path.basename(path) == "tokenizer.json" and os.path.isfile(os.path.join(d, "tokenizer_config.json")):
-            return AutoTokenizer.from_pretrained(d)
+            return load_tokenizer(d)
         return PreTrainedTokenizerFast(tokenizer_file=path)
     raise DataError("expected a tokenizer directory, a tokenizer.json or a .gguf file")
 
@@ -217,14 +217,6 @@ def task_files(files: list[tuple[int, str]], rank: int, world_size: int) -> list
     """The contiguous slice of ``files`` for task ``rank`` (concatenating the slices in rank order = ``files``)."""
     n = len(files)
     return files[rank * n // world_size:(rank + 1) * n // world_size]
-
-
-def _open_text(path: str):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".xz"):
-        return lzma.open(path, "rb")
-    return open(path, "rb")
 
 
 class SourceReader(BaseReader):
@@ -274,7 +266,7 @@ class SourceReader(BaseReader):
 
     def _jsonl(self, path: str) -> Iterator[tuple[str, dict, str]]:
         field = self.text_key
-        with _open_text(path) as f:
+        with open_binary(path) as f:
             for line_no, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
@@ -287,26 +279,9 @@ class SourceReader(BaseReader):
                 yield text, meta | obj, f"{path}:{line_no}"
 
     def _txt(self, path: str) -> Iterator[tuple[str, dict, str]]:
-        block: list[str] = []
-        start = 0
-        with _open_text(path) as f:
-            for line_no, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
-                if line_no == 1 and line.startswith("\ufeff"):
-                    line = line[1:]
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    if not block:
-                        start = line_no
-                    block.append(line)
-                elif block:
-                    yield "\n".join(block), {}, f"{path}:{start}"
-                    block = []
-            if block:
-                yield "\n".join(block), {}, f"{path}:{start}"
+        with open_binary(path) as f:
+            for text, start in iter_text_blocks(f, path):
+                yield text, {}, f"{path}:{start}"
 
     def _hf_disk(self, path: str) -> Iterator[tuple[str, dict, str]]:
         """A ``datasets.load_from_disk`` directory (one whole file-unit: it goes to a single task)."""
