@@ -61,7 +61,11 @@ FLAGS: dict[str, Flag] = {
     "output_dir": Flag(REQUIRED, "str", "EXACTLY where outputs go: checkpoint-N/ and the final weights at its root",
                        "../ckpts, then a run dir {tags}/{MMDDHH}/ below it"),
     "target_hidden_size": Flag(REQUIRED, "int", "student hidden size d_s (< teacher hidden size)", "1024"),
-    "model_cls": Flag("distill", "str", "distill (LRC). only_kd / tiny_bert / origin: not implemented yet"),
+    "model_cls": Flag("distill", "str", "distill (LRC) | origin (random-init student, CE only) | only_kd (+ KL) | "
+                      "tiny_bert (+ KL + hidden-state and attention-map MSE); the baselines train the LRC "
+                      "student's architecture and save a standard HF checkpoint"),
+    "tiny_bert_attn_loss": Flag(True, "bool", "tiny_bert: add the attention-map MSE (official; forces eager "
+                                "attention)"),
     "data_max_len": Flag(1024, "int", "sequence length S (packed lines are cut to it, shorter ones padded + masked)"),
     "text_field": Flag("text", "str", "field holding the text in a text jsonl"),
     "eval_dataset": Flag(None, "str", "held-out data (same formats): logs eval_ce / eval_ppl of the student"),
@@ -89,6 +93,8 @@ FLAGS: dict[str, Flag] = {
     "learning_rate": Flag(1e-4, "float", "peak learning rate (AdamW, weight decay 0, eps 1e-8)"),
     "adam_beta2": Flag(0.999, "float", "AdamW beta2 (beta1 0.9)"),
     "warmup_ratio": Flag(0.005, "float", "linear warmup, fraction of the total steps (ceil)"),
+    "warmup_steps": Flag(None, "int", "linear warmup in optimizer steps (overrides --warmup_ratio; the schedule "
+                         "then does not depend on --max_steps for constant schedules)"),
     "lr_scheduler": Flag("linear", "str", "HF scheduler: linear | cosine | constant | constant_with_warmup | "
                          "warmup_stable_decay (decay over the last 10% of steps) | ..."),
     "max_grad_norm": Flag(1.0, "float", "gradient clipping (0: off); under DeepSpeed leave the yaml's "
@@ -268,9 +274,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         if refuse(v):
             raise FlagError(f"--{name}={v!r} is not supported: {why}")
         warn(f"--{name} is accepted for compatibility with the official command, but {why}")
-    if cfg["model_cls"] != "distill":
-        raise FlagError(f"--model_cls={cfg['model_cls']!r}: only 'distill' (LRC) is available; the baselines "
-                        f"only_kd / tiny_bert are not implemented yet, and the official 'origin' is broken")
+    _validate_model_cls(cfg)
     for k in ("target_hidden_size", "data_max_len", "batch_size", "gradient_accumulation_steps", "log_steps",
               "save_steps", "num_epochs", "logits_chunk_tokens"):
         if cfg[k] is None or cfg[k] < 1:
@@ -279,6 +283,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise FlagError(f"--max_steps must be > 0, or -1 for --num_epochs passes, got {cfg['max_steps']}")
     if not 0 <= cfg["warmup_ratio"] < 1:
         raise FlagError(f"--warmup_ratio must be in [0, 1), got {cfg['warmup_ratio']}")
+    if cfg["warmup_steps"] is not None and cfg["warmup_steps"] < 0:
+        raise FlagError(f"--warmup_steps must be >= 0, got {cfg['warmup_steps']}")
     if not cfg["learning_rate"] > 0:
         raise FlagError(f"--learning_rate must be > 0, got {cfg['learning_rate']}")
     if not 0 <= cfg["adam_beta2"] < 1:
@@ -310,6 +316,36 @@ def _validate(cfg: dict[str, Any]) -> None:
             from lrc.data import DataError
 
             raise DataError(f"--{k} {cfg[k]!r}: no such file")
+
+
+MODEL_CLASSES = ("distill", "origin", "only_kd", "tiny_bert")
+# LRC flags that do not change a baseline (its architecture comes from target_hidden_size, del_layers,
+# tie_word_emb_proj and target_rms_norm_eps; its KL from kl_temperature / kl_reduction).
+_LRC_ONLY_FLAGS = ("use_all_attn", "use_in_out_mlp", "ban_layers", "str_ban_losses", "aux_loss_type",
+                   "aux_loss_scale_factor", "attn_out_space", "use_aux_loss")
+
+
+def _validate_model_cls(cfg: dict[str, Any]) -> None:
+    mc = cfg["model_cls"]
+    if mc not in MODEL_CLASSES:
+        raise FlagError(f"--model_cls {mc!r} is not one of {', '.join(MODEL_CLASSES)}")
+    if mc == "distill":
+        if "tiny_bert_attn_loss" in cfg["_given"]:
+            warn("--tiny_bert_attn_loss has no effect with --model_cls distill")
+        return
+    if cfg["load_model_weight_path"]:
+        raise FlagError(f"--load_model_weight_path loads LRC projections; it cannot start --model_cls {mc} "
+                        f"(use --resume to continue a baseline run)")
+    ignored = [k for k in _LRC_ONLY_FLAGS if k in cfg["_given"]]
+    if ignored:
+        warn(f"--model_cls {mc}: {', '.join('--' + k for k in ignored)} only affect LRC (distill) and are ignored")
+    if mc == "origin" and any(k in cfg["_given"] for k in ("kl_temperature", "kl_reduction", "use_logits_loss")):
+        warn("--model_cls origin trains on CE only: the KL flags are ignored")
+    if mc == "tiny_bert" and cfg["tiny_bert_attn_loss"]:
+        if cfg["attn_implementation"] not in (None, "eager"):
+            raise FlagError(f"--model_cls tiny_bert with its attention-map loss needs --attn_implementation eager "
+                            f"(got {cfg['attn_implementation']!r}); or pass --tiny_bert_attn_loss false")
+        cfg["attn_implementation"] = "eager"
 
 
 def lrc_config_from_flags(cfg: dict[str, Any]):
@@ -357,7 +393,10 @@ def prepare_output_dir(cfg: dict[str, Any]) -> str | None:
     out = Path(cfg["output_dir"])
     if out.exists() and not out.is_dir():
         raise FlagError(f"--output_dir {str(out)!r} exists and is not a directory")
-    previous = [p for _, p in list_checkpoints(out)] + [p for p in (out / WEIGHTS_NAME, out / CONFIG_NAME) if p.exists()]
+    from lrc.baselines import BASELINE_CONFIG_NAME, MAPS_NAME
+
+    finals = (WEIGHTS_NAME, CONFIG_NAME, "model.safetensors", BASELINE_CONFIG_NAME, MAPS_NAME)
+    previous = [p for _, p in list_checkpoints(out)] + [out / f for f in finals if (out / f).exists()]
     resume = cfg["resume"]
     if resume == "auto":
         found = latest_checkpoint(out)
@@ -367,7 +406,8 @@ def prepare_output_dir(cfg: dict[str, Any]) -> str | None:
     elif resume:
         if not Path(resume).is_dir() or not is_complete_checkpoint(resume):
             raise CheckpointError(f"--resume {resume!r} is not a complete checkpoint-N directory "
-                                  f"(it needs lrc_weights.safetensors and trainer_state.json)")
+                                  f"(it needs lrc_weights.safetensors, or a baseline's model.safetensors, and "
+                                  f"trainer_state.json)")
     if previous and resume is None and cfg["resume"] is None:
         if not cfg["overwrite_output_dir"]:
             raise FlagError(f"--output_dir {str(out)!r} already holds a run ({previous[0].name}, ...): pass "
@@ -425,7 +465,8 @@ def build_training_args(cfg: dict[str, Any], cuda: bool):
         learning_rate=cfg["learning_rate"],
         lr_scheduler_type=cfg["lr_scheduler"],
         lr_scheduler_kwargs=sched_kwargs,
-        warmup_steps=cfg["warmup_ratio"] if cfg["warmup_ratio"] > 0 else 0,
+        warmup_steps=(cfg["warmup_steps"] if cfg["warmup_steps"] is not None
+                      else cfg["warmup_ratio"] if cfg["warmup_ratio"] > 0 else 0),
         max_steps=cfg["max_steps"],
         num_train_epochs=cfg["num_epochs"],
         adam_beta1=0.9, adam_beta2=cfg["adam_beta2"], adam_epsilon=1e-8, weight_decay=0.0,
@@ -469,9 +510,10 @@ def train(cfg: dict[str, Any], trainer_cls=None):
     from lrc.data import build_dataset
     from lrc.model import LRCModel
     from lrc.teacher import load_teacher, load_teacher_config, load_tokenizer, teacher_fingerprint
-    from lrc.trainer import LRCTrainer
+    from lrc.trainer import BaselineTrainer, LRCTrainer
 
-    trainer_cls = trainer_cls or LRCTrainer
+    baseline = cfg["model_cls"] != "distill"
+    trainer_cls = trainer_cls or (BaselineTrainer if baseline else LRCTrainer)
     cuda = torch.cuda.is_available()
     resume = prepare_output_dir(cfg)
     _report_env(cfg)
@@ -500,11 +542,18 @@ def train(cfg: dict[str, Any], trainer_cls=None):
                            attn_implementation=cfg["attn_implementation"])
     say(f"teacher {raw} loaded in {time.time() - t0:.0f}s: {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M "
         f"params, {tcfg.num_hidden_layers} layers, hidden {tcfg.hidden_size} -> student {lrc.target_hidden_size}")
-    set_seed(cfg["seed"])  # projection init
-    model = LRCModel(teacher, lrc)
-    model.projections.float()  # fp32 master weights whatever the teacher's dtype
-    if cfg["gradient_checkpointing"]:
-        model.enable_gradient_checkpointing()
+    set_seed(cfg["seed"])  # projection / student init
+    if baseline:
+        from lrc.baselines import BaselineConfig, BaselineModel
+
+        model = BaselineModel(teacher, BaselineConfig(cfg["model_cls"], lrc, attn_loss=cfg["tiny_bert_attn_loss"]))
+        if cfg["gradient_checkpointing"]:
+            model.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model = LRCModel(teacher, lrc)
+        model.projections.float()  # fp32 master weights whatever the teacher's dtype
+        if cfg["gradient_checkpointing"]:
+            model.enable_gradient_checkpointing()
     if cfg["load_model_weight_path"]:
         ck = load_lrc_checkpoint(cfg["load_model_weight_path"])
         weights = official_to_ours(ck.weights, lrc, model.kept_layers) if ck.official else ck.weights
@@ -521,6 +570,7 @@ def train(cfg: dict[str, Any], trainer_cls=None):
         out.mkdir(parents=True, exist_ok=True)
         run_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
         (out / "run_config.json").write_text(json.dumps({"flags": run_cfg, "given": cfg["_given"],
+                                                         "model_cls": cfg["model_cls"],
                                                          "lrc": lrc.to_dict(), "resumed_from": resume},
                                                         indent=2, default=str) + "\n")
     if resume:
@@ -528,8 +578,14 @@ def train(cfg: dict[str, Any], trainer_cls=None):
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
-    say(f"final weights: {out / 'lrc_weights.safetensors'} (+ lrc_config.json, trainer_state.json)\n"
-        f"convert: python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student'}")
+    if baseline:
+        if tokenizer is not None and trainer.args.should_save:
+            tokenizer.save_pretrained(out)
+        say(f"final model: {out} (--model_cls {cfg['model_cls']}: a standard HF checkpoint, no conversion needed; "
+            f"AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    else:
+        say(f"final weights: {out / 'lrc_weights.safetensors'} (+ lrc_config.json, trainer_state.json)\n"
+            f"convert: python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student'}")
     return trainer
 
 
@@ -553,10 +609,13 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
     if not _is_main():
         return
     out = Path(cfg["output_dir"]).resolve()
-    student_dir = out / "student"
-    say(f"converting the final checkpoint to {student_dir} ...")
     teacher = trainer.lrc_model.teacher
-    convert_checkpoint(str(out), str(student_dir), overwrite=True)
+    if cfg["model_cls"] == "distill":
+        student_dir = out / "student"
+        say(f"converting the final checkpoint to {student_dir} ...")
+        convert_checkpoint(str(out), str(student_dir), overwrite=True)
+    else:
+        student_dir = out  # a baseline's output is already a standard HF checkpoint
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     tok = load_tokenizer(cfg["raw_model_name"])
     held = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], teacher.config.vocab_size, tok)

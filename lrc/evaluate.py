@@ -92,6 +92,69 @@ def heldout_perplexity(model: nn.Module, dataset: Dataset, batch_size: int = 4,
     return HeldoutResult(ce=ce, ppl=math.exp(min(ce, 700.0)), tokens=n)
 
 
+@dataclass
+class TeacherComparison:
+    """A student scored against its teacher on the same held-out positions."""
+
+    ce: float
+    """Student mean next-token CE (nats)."""
+    ppl: float
+    """exp(ce)."""
+    kl: float
+    """Mean over positions of KL(teacher || student) of the next-token distributions at temperature 1 (nats)."""
+    top1: float
+    """Fraction of positions where the student's most likely next token is the teacher's."""
+    tokens: int
+    """Number of predicted positions."""
+
+
+@torch.no_grad()
+def teacher_logprobs(teacher: nn.Module, dataset: Dataset, batch_size: int = 4) -> list[Tensor]:
+    """Per sequence, the teacher's next-token log-probabilities (S-1, V), stored as float16 (half of fp32's
+    memory; relative error 5e-4, so < 1e-3 nats for the likely tokens that carry the KL). Unpadded sequences only."""
+    device = next(teacher.parameters()).device
+    out: list[Tensor] = []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_batch):
+        if "attention_mask" in batch:
+            raise ValueError("teacher_logprobs: the held-out sequences must be full (no padding)")
+        ids = batch["input_ids"].to(device)
+        for b in range(ids.shape[0]):
+            logits = teacher(input_ids=ids[b:b + 1], use_cache=False).logits[0, :-1].float()
+            out.append(torch.log_softmax(logits, -1).half().cpu())
+    return out
+
+
+@torch.no_grad()
+def compare_with_teacher(model: nn.Module, dataset: Dataset, teacher_lp: list[Tensor],
+                         batch_size: int = 4) -> TeacherComparison:
+    """Held-out CE / perplexity, KL(teacher || student) and top-1 agreement of ``model`` (an ``LRCModel``
+    or any HF causal LM) against cached teacher log-probabilities (``teacher_logprobs`` of the same dataset)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits_of = _logits_fn(model)
+    ce = kl = agree = 0.0
+    n = 0
+    i = 0
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_batch):
+            ids = batch["input_ids"].to(device)
+            for b in range(ids.shape[0]):
+                lp_s = torch.log_softmax(logits_of(ids[b:b + 1], None)[0, :-1].float(), -1).cpu()  # (S-1, V)
+                lp_t = teacher_lp[i].float()
+                i += 1
+                tgt = ids[b, 1:].cpu()
+                ce += float(-lp_s.gather(1, tgt[:, None]).sum())
+                kl += float((lp_t.exp() * (lp_t - lp_s)).sum())
+                agree += float((lp_s.argmax(-1) == lp_t.argmax(-1)).sum())
+                n += tgt.numel()
+    finally:
+        model.train(was_training)
+    if i != len(teacher_lp):
+        raise ValueError(f"compare_with_teacher: {len(teacher_lp)} cached teacher sequences, {i} in the dataset")
+    return TeacherComparison(ce=ce / n, ppl=math.exp(min(ce / n, 700.0)), kl=kl / n, top1=agree / n, tokens=n)
+
+
 def main(model: str, data: str, data_max_len: int = 1024, batch_size: int = 4, max_sequences: int = 0,
          text_field: str = "text") -> None:
     """``python -m lrc.evaluate --model DIR_OR_GGUF --data FILE``: held-out CE and perplexity of a model.

@@ -50,11 +50,14 @@ from .checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TeacherRef,
                          load_into_projections, load_lrc_checkpoint, save_lrc_checkpoint)
 from .data import collate_batch
 from .evaluate import ce_sum
+from .baselines import BASELINE_CONFIG_NAME, MAPS_NAME, BaselineModel
 from .model import LRCModel, LRCOutput
 
 STAGING_DIR = ".staging"
 """Sub-directory of ``output_dir`` where checkpoints are written before being renamed into place."""
 TRAINER_STATE = "trainer_state.json"
+HF_WEIGHTS_NAME = "model.safetensors"
+"""A baseline's weights: the student as a standard HF checkpoint."""
 _LAYER_KEY_RE = re.compile(r"^L\d+-")
 # Fields of the LRC config that may differ between a checkpoint and the run resuming from it.
 _RESUME_FREE_FIELDS = ("logits_chunk_tokens",)
@@ -66,9 +69,11 @@ class NonFiniteLossError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """A ``checkpoint-N`` directory with its LRC weights and trainer state."""
+    """A ``checkpoint-N`` directory with its weights (LRC's, or a baseline's ``model.safetensors``) and
+    trainer state."""
     p = Path(path)
-    return (p / WEIGHTS_NAME).is_file() and (p / TRAINER_STATE).is_file()
+    has_weights = (p / WEIGHTS_NAME).is_file() or (p / HF_WEIGHTS_NAME).is_file()
+    return has_weights and (p / TRAINER_STATE).is_file()
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -202,11 +207,12 @@ class LRCTrainer(Trainer):
 
     # compute_loss returns a per-micro-batch mean: HF divides it by the gradient-accumulation steps.
     loss_is_scaled_for_ga = False
+    model_class: type = LRCModel
 
     def __init__(self, model: LRCModel, args: TrainingArguments, teacher_ref: TeacherRef,
                  train_dataset=None, eval_dataset=None, callbacks=None):
-        if not isinstance(model, LRCModel):
-            raise TypeError(f"LRCTrainer trains an LRCModel, got {type(model).__name__}")
+        if not isinstance(model, self.model_class):
+            raise TypeError(f"{type(self).__name__} trains a {self.model_class.__name__}, got {type(model).__name__}")
         super().__init__(model=model, args=args, data_collator=collate_batch, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks)
         self.teacher_ref = teacher_ref
@@ -221,6 +227,11 @@ class LRCTrainer(Trainer):
     @property
     def lrc_model(self) -> LRCModel:
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def scored_model(self) -> torch.nn.Module:
+        """What evaluation scores: the training-time student (``ce_sum`` generates an LRC student's weights)."""
+        return self.lrc_model
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """AdamW over the explicit trainable list (projections + student gains), as the official code."""
@@ -241,7 +252,7 @@ class LRCTrainer(Trainer):
     def prediction_step(self, model, inputs: dict[str, Tensor], prediction_loss_only: bool, ignore_keys=None):
         """Evaluation scores the student alone: its next-token CE (the teacher is not run)."""
         inputs = self._prepare_inputs(inputs)
-        total, count = ce_sum(self.lrc_model, inputs)
+        total, count = ce_sum(self.scored_model, inputs)
         return (total / count.clamp_min(1)).detach(), None, None
 
     # ------------------------------------------------------------------ logging and the non-finite guard
@@ -372,3 +383,115 @@ def check_resume_compatible(stored: dict[str, Any], current: dict[str, Any], whe
         raise CheckpointError(f"cannot resume from {str(where)!r} with a different LRC configuration ({'; '.join(diff)}); "
                               f"use the checkpoint's settings (see its {CONFIG_NAME}), or --load_model_weight_path "
                               f"for a warm start without optimizer state")
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+class BaselineTrainer(LRCTrainer):
+    """``LRCTrainer`` for a ``BaselineModel`` (``--model_cls origin | only_kd | tiny_bert``).
+
+    Same optimizer (AdamW over ``trainable_parameters()``: the student and tiny_bert's maps, never the
+    teacher), logging, non-finite guard and atomic checkpoints. What differs is what a checkpoint
+    holds: the student as a standard HF checkpoint (``config.json``, ``model.safetensors``,
+    ``generation_config.json``) plus ``baseline_config.json`` and, for tiny_bert, its maps.
+    """
+
+    model_class: type = BaselineModel
+
+    @property
+    def scored_model(self) -> torch.nn.Module:
+        return self.lrc_model.student
+
+    def _trainable_state_dict(self) -> dict[str, Tensor]:
+        """``student.``/``maps.``-prefixed tensors; under DeepSpeed the fp32 master copies (all ranks call)."""
+        m = self.lrc_model
+        named = [(f"student.{n}", p) for n, p in m.student.named_parameters()] + \
+                [(f"maps.{n}", p) for n, p in m.maps.named_parameters()]
+        if self.is_deepspeed_enabled:
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            return {n: safe_get_full_fp32_param(p).detach().cpu() for n, p in named}
+        return {n: p.detach() for n, p in named}
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        self._raise_if_nonfinite()
+        self._save(output_dir, state_dict=self._trainable_state_dict())
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        m = self.lrc_model
+        if state_dict is None or not any(k.startswith("student.") for k in state_dict):
+            state_dict = self._trainable_state_dict()
+        save_baseline_checkpoint(output_dir, m, state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_baseline_checkpoint(resume_from_checkpoint, self.lrc_model)
+
+
+def save_baseline_checkpoint(directory: str | os.PathLike, model: BaselineModel, state_dict: dict[str, Tensor]) -> None:
+    """Write the student (standard HF files), ``baseline_config.json`` and tiny_bert's maps into ``directory``.
+
+    Every file is written under a temporary name and renamed (``save_pretrained`` into a temporary
+    sub-directory whose files are then moved in), so a killed save leaves no half-written file.
+    """
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".tmp-save-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    student_sd = {k[len("student."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("student.")}
+    maps_sd = {k[len("maps."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("maps.")}
+    model.student.save_pretrained(tmp, state_dict=student_sd)
+    if maps_sd:
+        save_file(maps_sd, str(tmp / MAPS_NAME), metadata={"format": "pt"})
+    (tmp / BASELINE_CONFIG_NAME).write_text(model.cfg.to_json())
+    for f in sorted(tmp.iterdir()):
+        os.replace(f, d / f.name)
+    tmp.rmdir()
+
+
+def load_baseline_checkpoint(directory: str | os.PathLike, model: BaselineModel) -> None:
+    """Restore a baseline's student (and maps) from a checkpoint written by ``save_baseline_checkpoint``.
+
+    Strict: the method, the student architecture and every tensor name and shape must match.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / HF_WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"cannot resume from {str(d)!r}: no {HF_WEIGHTS_NAME} in it (not a baseline checkpoint)")
+    cfg_file = d / BASELINE_CONFIG_NAME
+    if cfg_file.is_file():
+        stored = json.loads(cfg_file.read_text())
+        current = model.cfg.to_dict()
+        diff = [k for k in ("method", "attn_loss") if stored.get(k) != current.get(k)]
+        if diff:
+            raise CheckpointError(f"cannot resume from {str(d)!r}: it was trained with "
+                                  + ", ".join(f"{k}={stored.get(k)!r}" for k in diff)
+                                  + " but this run has " + ", ".join(f"{k}={current.get(k)!r}" for k in diff))
+        check_resume_compatible(stored.get("lrc", {}), current["lrc"], d)
+    _load_strict(model.student, load_file(str(d / HF_WEIGHTS_NAME)), f"{d / HF_WEIGHTS_NAME}", tied_ok=True)
+    if len(model.maps):
+        if not (d / MAPS_NAME).is_file():
+            raise CheckpointError(f"cannot resume tiny_bert from {str(d)!r}: {MAPS_NAME} is missing")
+        _load_strict(model.maps, load_file(str(d / MAPS_NAME)), f"{d / MAPS_NAME}")
+
+
+def _load_strict(module: torch.nn.Module, sd: dict[str, Tensor], what: str, tied_ok: bool = False) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    if tied_ok and getattr(module.config, "tie_word_embeddings", False):
+        missing = [k for k in missing if k != "lm_head.weight"]
+    unexpected = sorted(set(sd) - set(own))
+    bad = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"{what} does not fit this run's model: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}, shape mismatch {bad[:5]}")
+    with torch.no_grad():
+        for k, v in sd.items():
+            own[k].copy_(v)

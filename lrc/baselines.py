@@ -1,0 +1,186 @@
+"""The baselines LRC is compared with, trained by the same trainer (``hf_trainer.py --model_cls``).
+
+Every baseline trains a *randomly initialised* student with exactly the LRC student's architecture
+(``lrc.families.student_config``: the config the converter writes for the same flags), so parameter
+counts match LRC's converted student:
+
+- ``origin``: ordinary training, next-token CE only.
+- ``only_kd``: CE + KL(teacher || student) at temperature tau, reduced like LRC's KL
+  (``kl_reduction``), unit weights (LRC_SPEC Part B §7.2).
+- ``tiny_bert``: ``only_kd`` + sum_i MSE(h_S^(i) M_i^T, h_T^(i)) over the embedding output and the
+  input of every layer (learned maps M_i: d_s -> d, N(0, 0.02^2) init), + sum_i MSE(A_S^(i), A_T^(i))
+  of the post-softmax attention maps with entries <= 0.01 set to 0 (``attn_loss``; it needs eager
+  attention in both models). All MSEs are element means with unit weights (LRC_SPEC Part B §7.2).
+
+The teacher is frozen and registered (so ``.to()`` and DDP place it), but it is never in
+``trainable_parameters()`` and never in a checkpoint: ``BaselineTrainer`` saves the student as a
+standard HF checkpoint (``config.json`` + ``model.safetensors``), plus ``tiny_bert_maps.safetensors``
+for resuming ``tiny_bert``. Deliberate differences from the official baselines: the student keeps
+the teacher's heads and head_dim (official ``only_kd`` halves the heads, ``tiny_bert`` shrinks
+head_dim), so all methods share one architecture; CE and KL are computed in fp32, chunked, as LRC's;
+no teacher CE.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from .config import LRCConfig, LRCConfigError
+from .families import check_family, student_config
+from .losses import fused_logit_losses
+from .model import LRCOutput
+from .positions import loss_positions
+
+BASELINES = ("origin", "only_kd", "tiny_bert")
+BASELINE_CONFIG_NAME = "baseline_config.json"
+"""Written beside a baseline's ``model.safetensors``: the method and its settings."""
+MAPS_NAME = "tiny_bert_maps.safetensors"
+"""tiny_bert's trainable alignment maps (needed to resume, not to use the student)."""
+HIDDEN_TERM = "hidden-mse"
+ATTN_TERM = "attn-mse"
+
+
+@dataclass
+class BaselineConfig:
+    """A baseline run: the method, and the LRC config that fixes the student architecture and the KL."""
+
+    method: Literal["origin", "only_kd", "tiny_bert"]
+    """origin (CE only) | only_kd (CE + KL) | tiny_bert (CE + KL + hidden-state and attention-map MSE)."""
+    lrc: LRCConfig
+    """Student architecture (``target_hidden_size``, ``del_layers``, ``tie_word_emb_proj``,
+    ``target_rms_norm_eps``) and the KL settings (``kl_temperature``, ``kl_reduction``,
+    ``use_ntp_loss``, ``use_logits_loss``, ``logits_chunk_tokens``), as for LRC."""
+    attn_loss: bool = True
+    """tiny_bert: add the attention-map MSE (official). Needs eager attention (S x S maps per layer)."""
+    attn_threshold: float = 0.01
+    """tiny_bert: attention probabilities <= this are set to 0 before the MSE (official)."""
+    map_init_std: float = 0.02
+    """tiny_bert: std of the N(0, std^2) init of the maps M_i (HF Linear init of the official code)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in BASELINES:
+            raise LRCConfigError(f"unknown baseline {self.method!r}; one of {', '.join(BASELINES)}")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.method != "origin"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lrc"] = self.lrc.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+class BaselineModel(nn.Module):
+    """A random-init student (+ tiny_bert maps) and the frozen teacher; ``forward -> LRCOutput``."""
+
+    def __init__(self, teacher: PreTrainedModel, cfg: BaselineConfig):
+        super().__init__()
+        tcfg = teacher.config
+        check_family(tcfg)
+        cfg.lrc.validate(tcfg)
+        self.cfg = cfg
+        self.lrc_config = cfg.lrc
+        self.teacher = teacher
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.kept_layers = cfg.lrc.kept_layers(tcfg.num_hidden_layers)
+        scfg = student_config(tcfg, cfg.lrc)
+        scfg._attn_implementation = tcfg._attn_implementation
+        device = teacher.get_input_embeddings().weight.device
+        self.student: PreTrainedModel = AutoModelForCausalLM.from_config(scfg, dtype=torch.float32).to(device)
+        self.maps = nn.ModuleList()
+        if cfg.method == "tiny_bert":
+            for _ in self.kept_layers:
+                m = nn.Linear(cfg.lrc.target_hidden_size, tcfg.hidden_size, bias=False, device=device)
+                nn.init.normal_(m.weight, std=cfg.map_init_std)
+                self.maps.append(m)
+            if cfg.attn_loss:
+                impls = {tcfg._attn_implementation, scfg._attn_implementation}
+                if impls != {"eager"}:
+                    raise LRCConfigError(f"tiny_bert's attention-map loss needs eager attention in both models "
+                                         f"(got {sorted(map(str, impls))}): load the teacher with "
+                                         f"attn_implementation='eager', or turn the attention loss off")
+
+    def train(self, mode: bool = True) -> "BaselineModel":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The student's parameters and the tiny_bert maps (never the teacher)."""
+        return list(self.student.parameters()) + list(self.maps.parameters())
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, **unused) -> LRCOutput:
+        """One baseline step's loss (same conventions as ``LRCModel.forward``).
+
+        Args:
+            input_ids: (B, S); attention_mask: (B, S) or None; labels: (B, S) or None (-100: ignored).
+        """
+        cfg, lrc = self.cfg, self.cfg.lrc
+        B, S = input_ids.shape
+        pos = loss_positions(input_ids, attention_mask, labels, lrc.kl_reduction)
+        tiny = cfg.method == "tiny_bert"
+        want_attn = tiny and cfg.attn_loss
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                  output_hidden_states=tiny, output_attentions=want_attn)
+        kl_on = cfg.uses_teacher and lrc.use_logits_loss
+        t_out = None
+        if cfg.uses_teacher:
+            with torch.no_grad():
+                t_out = self.teacher.model(**kw)
+        s_out = self.student.model(**kw)
+        h_s = s_out.last_hidden_state  # (B, S, d_s)
+        u_s = self.student.get_output_embeddings().weight  # (V, d_s)
+        loss, ce_sum, kl_sum = fused_logit_losses(
+            h_s.reshape(B * S, -1), u_s, pos.targets.reshape(-1),
+            h_t=t_out.last_hidden_state.reshape(B * S, -1) if kl_on else None,
+            u_t=self.teacher.get_output_embeddings().weight if kl_on else None,
+            kl_mask=pos.valid.reshape(-1),
+            w_ce=(1.0 if lrc.use_ntp_loss else 0.0) / pos.n_ce,
+            w_kl=1.0 / pos.kl_divisor,
+            tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens,
+        )
+        ce, kl = ce_sum / pos.n_ce, kl_sum / pos.kl_divisor
+        results: dict[tuple[int, str], Tensor] = {}
+        if tiny:
+            for j, L in enumerate(self.kept_layers):  # h^(j): embedding output / input of layer j
+                hs = self.maps[j](s_out.hidden_states[j])
+                results[(L, HIDDEN_TERM)] = _masked_mse(hs, t_out.hidden_states[L], pos.mask)
+                if want_attn:
+                    a_s = _threshold(s_out.attentions[j], cfg.attn_threshold)
+                    a_t = _threshold(t_out.attentions[L], cfg.attn_threshold)
+                    results[(L, ATTN_TERM)] = _masked_mse(a_s, a_t, None if pos.mask is None else pos.mask[:, None, :, None])
+        zero = h_s.new_zeros((), dtype=torch.float32)
+        clone = sum(results.values()) if results else zero
+        if results:
+            loss = loss + clone
+        terms: dict[str, Tensor] = {}
+        for (_, name), v in results.items():
+            terms[name] = terms.get(name, 0.0) + v.detach()
+        return LRCOutput(loss=loss, ce=ce.detach(), kl=kl.detach(), clone=clone.detach(), terms=terms,
+                         layer_terms={k: v.detach() for k, v in results.items()})
+
+
+def _threshold(a: Tensor, thr: float) -> Tensor:
+    """Attention probabilities (B, H, S, S) with entries <= thr set to 0."""
+    return a.masked_fill(a <= thr, 0.0)
+
+
+def _masked_mse(s: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
+    """fp32 element-mean squared error; ``mask`` (broadcastable bool) keeps the counted rows only."""
+    d = (s.float() - t.float()).pow(2)
+    if mask is None:
+        return d.mean()
+    m = mask.expand_as(d) if mask.dim() == d.dim() else mask.unsqueeze(-1).expand_as(d)
+    return (d * m).sum() / m.sum().clamp_min(1)

