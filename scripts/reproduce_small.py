@@ -67,8 +67,13 @@ class ReproConfig:
     """Training text (.txt / .txt.xz / jsonl); default ../shared/corpus/prose.train.txt.xz, else data/sample/train.txt."""
     heldout: str = ""
     """Held-out text; default ../shared/corpus/prose.heldout.txt.xz, else data/sample/heldout.txt."""
-    budgets: str = "6144,20480,65536"
-    """Token budgets (comma list, ascending); each is rounded down to whole optimizer steps."""
+    budgets: str = "8192,32768,131072,327680"
+    """Token budgets (comma list, ascending); each is rounded down to whole optimizer steps. The ladder
+    may be extended later in the same --out: with a fixed data pool and a constant schedule, the model
+    after N steps does not depend on the ladder."""
+    train_sequences: int = 2048
+    """Size of the training pool: this many random (seeded) sequences of the training text, shuffled
+    by the trainer's seeded sampler (more epochs over it if a budget needs more)."""
     target_hidden_size: int = 288
     seq_len: int = 256
     batch_size: int = 4
@@ -92,7 +97,9 @@ class ReproConfig:
 
 
 GPU_PRESET = dict(budgets="4194304,16777216,67108864", seq_len=2048, batch_size=8, learning_rate=3e-4,
-                  warmup_steps=50, eval_sequences=128)
+                  warmup_steps=50, eval_sequences=128, train_sequences=32768)
+LADDER_FREE = ("budgets",)
+"""Settings a continued comparison may change (results per budget do not depend on them)."""
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -152,7 +159,7 @@ def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
     train_file, held_file = out / "train.jsonl", out / "heldout.jsonl"
     if not (train_file.is_file() and held_file.is_file()):
         tok = load_tokenizer(teacher)
-        n_train = max(cfg.steps()) * cfg.batch_size * cfg.gradient_accumulation_steps
+        n_train = cfg.train_sequences
         print(f"tokenizing {cfg.train} and {cfg.heldout} ...", flush=True)
         _write_jsonl(_sample_sequences(cfg.train, tok, cfg.seq_len, n_train, cfg.seed), train_file)
         _write_jsonl(_sample_sequences(cfg.heldout, tok, cfg.seq_len, cfg.eval_sequences, cfg.seed + 1), held_file)
@@ -169,6 +176,12 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         if res_file.is_file():
             print(f"[{method} @ {budget:,} tokens] done before: {res_file}", flush=True)
             continue
+        from lrc.trainer import latest_checkpoint
+
+        done = latest_checkpoint(run_dir)
+        if done is not None and int(done.name.split("-")[1]) > steps:
+            raise SystemExit(f"error: {method} has trained past {steps} steps ({done}); a budget below it cannot be "
+                             f"evaluated any more: use another --out for it")
         print(f"\n=== {method}: training to {steps} steps ({steps * cfg.tokens_per_step():,} tokens) ===", flush=True)
         flags = dict(raw_model_name=teacher, dataset_name=train_file, output_dir=str(run_dir),
                      target_hidden_size=cfg.target_hidden_size, data_max_len=cfg.seq_len,
@@ -261,7 +274,7 @@ def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
     if not res:
         return
     docs.mkdir(parents=True, exist_ok=True)
-    budgets = cfg.budget_list()
+    budgets = sorted({b for rr in res.values() for b in rr} | set(cfg.budget_list()))
     methods = [m for m in METHODS if m in res]
     tp = teacher["ppl"] if teacher else None
     lines = [
@@ -272,7 +285,8 @@ def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
         f"date: {date.today().isoformat()}  ",
         f"Teacher: `{Path(cfg.teacher).name}`; student width {cfg.target_hidden_size}; sequences of {cfg.seq_len} "
         f"tokens, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps}; AdamW lr {cfg.learning_rate}, "
-        f"{cfg.warmup_steps} warm-up steps then constant; seed {cfg.seed}; same data order for every method.  ",
+        f"{cfg.warmup_steps} warm-up steps then constant; seed {cfg.seed}; same data order for every method "
+        f"(a pool of {cfg.train_sequences} random sequences of the training text).  ",
         f"Training text: `{Path(cfg.train).name}`; held-out: `{Path(cfg.heldout).name}`, {cfg.eval_sequences} random "
         f"sequences ({teacher['tokens'] if teacher else '?'} predicted tokens).  ",
         f"Teacher held-out perplexity: **{tp:.2f}**" if tp else "Teacher perplexity: not yet computed",
@@ -364,12 +378,11 @@ def main(out: str = "runs/reproduce_small", docs: str = "docs", methods: str = "
     stored = outp / "repro_config.json"
     if stored.is_file():
         old = json.loads(stored.read_text())
-        if old != asdict(cfg):
-            diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v and k not in LADDER_FREE}
+        if diff:
             raise SystemExit(f"error: {outp} holds a comparison with other settings {diff} (stored, now); "
                              f"use another --out")
-    else:
-        stored.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    stored.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     command = "python scripts/reproduce_small.py " + " ".join(sys.argv[1:])
     teacher, train_file, held_file = prepare(cfg, outp)
     evaluator = None

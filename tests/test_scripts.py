@@ -1,0 +1,82 @@
+"""The benchmark and comparison scripts run end to end on tiny shapes (seconds), and
+``reproduce_small.py`` resumes, reports and refuses a changed configuration."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny import VOCAB, save_teacher, tiny_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+@pytest.fixture(scope="module")
+def tiny_assets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scripts")
+    teacher = save_teacher(tiny_teacher("llama", tied=True, layers=2), d / "teacher")
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(VOCAB - 3)]
+    paras = [" ".join(words[(s + k) % len(words)] for k in range(rng.randrange(20, 60)))
+             for s in (rng.randrange(len(words)) for _ in range(80))]
+    (d / "train.txt").write_text("\n\n".join(paras[:60]) + "\n")
+    (d / "held.txt").write_text("\n\n".join(paras[60:]) + "\n")
+    return {"teacher": teacher, "train": str(d / "train.txt"), "held": str(d / "held.txt"), "dir": d}
+
+
+def test_bench_step_runs_on_a_tiny_teacher(tiny_assets, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--teacher", tiny_assets["teacher"],
+                        "--target-hidden-size", "32", "--batch", "2", "--seq", "16", "--warmup", "1", "--iters", "1",
+                        "--loss-memory", "--loss-vocab", "512", "--loss-tokens", "64", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    sec = res["seconds"]
+    for phase in ("a_teacher_forward", "b_student_train_step", "c_lrc_step"):
+        assert sec[phase] > 0 and res["tokens_per_s"][phase] == pytest.approx(2 * 16 / sec[phase])
+    assert res["ratio_c_over_a_plus_b"] == pytest.approx(
+        sec["c_lrc_step"] / (sec["a_teacher_forward"] + sec["b_student_train_step"]))
+    assert res["trainable_params"] > 0 and res["student_params"] < res["teacher_params"]
+    lm = res["loss_memory"]
+    assert lm["vocab"] == 512 and lm["tokens"] == 64 and lm["ratio"] > 0
+
+
+def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, capsys):
+    import reproduce_small as rs
+
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    args = dict(out=str(out), docs=str(docs), methods="lrc,tiny_bert,origin", teacher=tiny_assets["teacher"],
+                train=tiny_assets["train"], heldout=tiny_assets["held"], budgets="64,128", seq_len=16,
+                batch_size=2, eval_sequences=2, train_sequences=8, warmup_steps=1, target_hidden_size=32, learning_rate=1e-2)
+    rs.main(**args)
+    for m in ("lrc", "tiny_bert", "origin"):
+        for b in (64, 128):
+            r = json.loads((out / "results" / m / f"{b}.json").read_text())
+            assert r["steps"] == b // 32 and r["tokens"] == b
+            assert r["ppl"] > 1 and r["kl"] >= 0 and 0 <= r["top1"] <= 1 and r["eval_tokens"] == 2 * 15
+    teacher = json.loads((out / "results" / "teacher.json").read_text())
+    report = (docs / "REPRODUCE_SMALL.md").read_text()
+    assert f"{teacher['ppl']:.2f}" in report and "| tiny_bert |" in report and "| origin |" in report
+    assert (docs / "reproduce_small.png").stat().st_size > 1000
+    # the run continued from the 64-token checkpoint: 2 steps, then 2 more (4 in all)
+    state = json.loads((out / "runs" / "lrc" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # a second run does nothing but report again
+    capsys.readouterr()
+    rs.main(**args)
+    assert capsys.readouterr().out.count("done before") == 6
+    # the ladder may be extended in place (fixed pool, constant schedule); a budget below a trained one may not
+    rs.main(**{**args, "methods": "origin", "budgets": "64,128,192"})
+    assert json.loads((out / "results" / "origin" / "192.json").read_text())["steps"] == 6
+    assert "192 tokens" in (docs / "REPRODUCE_SMALL.md").read_text()
+    with pytest.raises(SystemExit, match="trained past"):
+        rs.main(**{**args, "methods": "origin", "budgets": "32,192"})
+    with pytest.raises(SystemExit, match="other settings"):
+        rs.main(**{**args, "seq_len": 8})
