@@ -302,17 +302,21 @@ class LRCTrainer(Trainer):
             raise nonfinite
 
     # ------------------------------------------------------------------ saving
+    def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """What a checkpoint holds, by name: the projections and student gains."""
+        return list(self.lrc_model.projections.named_parameters())
+
     def _trainable_state_dict(self) -> dict[str, Tensor]:
-        """Projections and gains; under DeepSpeed the fp32 master copies (a collective: all ranks call)."""
-        proj = self.lrc_model.projections
+        """The trainable tensors; under DeepSpeed the fp32 master copies (a collective: all ranks call)."""
+        named = self._named_trainable()
         if self.is_deepspeed_enabled:
             from deepspeed.utils import safe_get_full_fp32_param
 
-            return {n: safe_get_full_fp32_param(p).detach().cpu() for n, p in proj.named_parameters()}
-        return proj.state_dict()
+            return {n: safe_get_full_fp32_param(p).detach().cpu() for n, p in named}
+        return {n: p.detach() for n, p in named}
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Write ``lrc_weights.safetensors`` + ``lrc_config.json`` (trainable weights only, never the teacher)."""
+        """Write the trainable weights (never the teacher): ``_write_checkpoint``."""
         self._raise_if_nonfinite()
         self._save(output_dir, state_dict=self._trainable_state_dict())
 
@@ -320,10 +324,14 @@ class LRCTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
+        named = self._named_trainable()
+        if state_dict is None or set(state_dict) != {n for n, _ in named}:
+            state_dict = {n: p.detach() for n, p in named}  # local copy: no collective on one rank
+        self._write_checkpoint(output_dir, state_dict)
+
+    def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
+        """``lrc_weights.safetensors`` + ``lrc_config.json`` (LRC config and teacher identity)."""
         lrc = self.lrc_model
-        own = lrc.projections.state_dict()
-        if state_dict is None or set(state_dict) != set(own):
-            state_dict = own
         save_lrc_checkpoint(output_dir, lrc.projections, lrc.lrc_config, self.teacher_ref, state_dict=state_dict)
 
     def _get_output_dir(self, trial) -> str:
@@ -401,29 +409,14 @@ class BaselineTrainer(LRCTrainer):
     def scored_model(self) -> torch.nn.Module:
         return self.lrc_model.student
 
-    def _trainable_state_dict(self) -> dict[str, Tensor]:
-        """``student.``/``maps.``-prefixed tensors; under DeepSpeed the fp32 master copies (all ranks call)."""
+    def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``student.``/``maps.``-prefixed trainable tensors."""
         m = self.lrc_model
-        named = [(f"student.{n}", p) for n, p in m.student.named_parameters()] + \
-                [(f"maps.{n}", p) for n, p in m.maps.named_parameters()]
-        if self.is_deepspeed_enabled:
-            from deepspeed.utils import safe_get_full_fp32_param
+        return [(f"student.{n}", p) for n, p in m.student.named_parameters()] + \
+               [(f"maps.{n}", p) for n, p in m.maps.named_parameters()]
 
-            return {n: safe_get_full_fp32_param(p).detach().cpu() for n, p in named}
-        return {n: p.detach() for n, p in named}
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        self._raise_if_nonfinite()
-        self._save(output_dir, state_dict=self._trainable_state_dict())
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        m = self.lrc_model
-        if state_dict is None or not any(k.startswith("student.") for k in state_dict):
-            state_dict = self._trainable_state_dict()
-        save_baseline_checkpoint(output_dir, m, state_dict)
+    def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
+        save_baseline_checkpoint(output_dir, self.lrc_model, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_baseline_checkpoint(resume_from_checkpoint, self.lrc_model)
