@@ -7,6 +7,11 @@ CKPT may be a training output directory, a ``checkpoint-N`` directory or the wei
 checkpoints describe themselves (LRC config + teacher path + teacher config hash), so no other flag
 is needed; flags given anyway must agree with the stored config. Official-code checkpoints
 (``model.zoom.weight`` ...) need ``--raw-model-name``; their variant is read from the tensors.
+
+``--export_arch llama`` writes a Qwen2-family student as an equivalent Llama checkpoint (for serving
+engines that mishandle Qwen2's explicit head_dim); given an already converted Qwen2 student directory
+as ``--ckpt-path`` it only re-exports. A standard HF checkpoint without ``--export_arch`` is refused:
+it needs no conversion.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def main(
     del_layers: str | None = None,
     dtype: str | None = None,
     overwrite: bool = False,
+    export_arch: str | None = None,
     **official_unused,
 ) -> None:
     """Convert an LRC checkpoint.
@@ -50,6 +56,7 @@ def main(
         del_layers: optional check; for official checkpoints the dropped teacher layers.
         dtype: output dtype (float32 | bfloat16 | float16); default: the teacher's.
         overwrite: replace a non-empty --save-path.
+        export_arch: "llama": write a Qwen2-family student as an equivalent Llama checkpoint.
     """
     for k in official_unused:
         if k.replace("-", "_") not in _IGNORED_OFFICIAL:
@@ -58,7 +65,7 @@ def main(
     flags = dict(target_hidden_size=target_hidden_size, use_all_attn=use_all_attn, use_in_out_mlp=use_in_out_mlp,
                  tie_word_emb_proj=tie_word_emb_proj, target_rms_norm_eps=target_rms_norm_eps, del_layers=del_layers)
     out = convert_checkpoint(ckpt_path, save_path, raw_model_name=raw_model_name, flags=flags, dtype=dtype,
-                             overwrite=overwrite)
+                             overwrite=overwrite, export_arch=export_arch)
     print(f"converted student written to {out}\n"
           f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r})")
 

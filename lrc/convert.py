@@ -7,6 +7,11 @@ and saves it in the teacher's dtype, with the teacher's tokenizer and generation
 
 The output is built in a temporary sibling directory and renamed at the end: on any error nothing
 is left at ``save_path``.
+
+``export_arch="llama"`` writes a Qwen2-family student as a Llama-architecture checkpoint
+(``LlamaForCausalLM`` with ``attention_bias=True``: the q/k/v biases are kept and o_proj gets a bias
+of zeros), for serving engines that mishandle Qwen2's explicit ``head_dim``. The network computes
+the same function (tested: equal logits in fp32).
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from .checkpoint import (CheckpointError, current_umask, infer_official_variant, load_into_projections, load_lrc_checkpoint,
-                         official_to_ours)
+from .checkpoint import (WEIGHTS_NAME, CheckpointError, current_umask, infer_official_variant, list_checkpoints,
+                         load_into_projections, load_lrc_checkpoint, official_to_ours)
 from .config import LRCConfig
 from .families import check_family
 from .model import LRCModel
@@ -36,8 +41,117 @@ CHECKED_FLAGS = ("target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_wo
                  "target_rms_norm_eps", "del_layers")
 
 
+EXPORT_ARCHS = ("llama",)
+"""Values of ``--export_arch``: write the student in another (equivalent) architecture."""
+
+
 class ConversionError(ValueError):
     """Conversion cannot proceed; the message says what and where."""
+
+
+# ----------------------------------------------------------------------------- standard HF checkpoints
+
+
+def _safetensors_keys(directory: Path) -> list[str] | None:
+    """Tensor names of ``model*.safetensors`` in ``directory`` (None: there are none)."""
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("model*.safetensors"))
+    if not files:
+        return None
+    keys: list[str] = []
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                keys += list(sf.keys())
+        except Exception:  # unreadable: let the checkpoint loader report it
+            return None
+    return keys
+
+
+def standard_hf_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The directory if ``path`` is (in) a standard HF model checkpoint rather than an LRC one, else None.
+
+    Standard: ``config.json`` + ``model*.safetensors`` without LRC or official-LRC tensors, and no
+    ``lrc_weights.safetensors``. A run directory whose latest ``checkpoint-N`` is one counts too.
+    """
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    if not p.is_dir():
+        return None
+    candidates = [p]
+    if not (p / WEIGHTS_NAME).exists() and not any(p.glob("model*.safetensors")):
+        ckpts = list_checkpoints(p)
+        if ckpts:
+            candidates = [ckpts[-1][1]]
+    for d in candidates:
+        if (d / WEIGHTS_NAME).exists() or not (d / "config.json").is_file():
+            continue
+        keys = _safetensors_keys(d)
+        if keys and not any("zoom" in k or "target_" in k for k in keys):
+            return d
+    return None
+
+
+# ----------------------------------------------------------------------------- Qwen2 -> Llama export
+
+
+def _llama_export_refusal(config) -> str | None:
+    """Why a student of this config cannot be written as Llama (None: it can)."""
+    mt = config.model_type
+    if mt == "llama":
+        return "the student is already a Llama-architecture checkpoint; drop --export_arch"
+    if mt == "qwen3":
+        return ("qwen3 students have per-head q_norm/k_norm RMSNorms that Llama lacks; a Llama export would "
+                "change the network (serve it as Qwen3)")
+    if mt != "qwen2":
+        return f"--export_arch llama is for qwen2-family students; this one is {mt!r} (serve it as it is)"
+    layer_types = getattr(config, "layer_types", None) or []
+    if getattr(config, "use_sliding_window", False) and any(t != "full_attention" for t in layer_types):
+        return "this qwen2 student uses sliding-window attention, which Llama lacks"
+    return None
+
+
+def llama_config_from_qwen2(config) -> LlamaConfig:
+    """The Llama config computing the same network as a Qwen2 config (``attention_bias=True``)."""
+    from .families import teacher_head_dim
+
+    return LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, head_dim=teacher_head_dim(config),
+        hidden_act=config.hidden_act, max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range, rms_norm_eps=config.rms_norm_eps,
+        tie_word_embeddings=config.tie_word_embeddings, rope_parameters=dict(config.rope_parameters or {}) or None,
+        attention_bias=True, mlp_bias=False, attention_dropout=config.attention_dropout,
+        pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        architectures=["LlamaForCausalLM"], dtype=getattr(config, "dtype", None),
+    )
+
+
+@torch.no_grad()
+def export_as_llama(student: torch.nn.Module) -> LlamaForCausalLM:
+    """A Qwen2 student as an equivalent ``LlamaForCausalLM`` (same dtype; o_proj biases are zeros)."""
+    why = _llama_export_refusal(student.config)
+    if why:
+        raise ConversionError(f"--export_arch llama: {why}")
+    dtype = next(student.parameters()).dtype
+    llama = LlamaForCausalLM(llama_config_from_qwen2(student.config)).to(dtype)
+    src = dict(student.named_parameters())
+    dst = dict(llama.named_parameters())
+    zero_bias = {k for k in dst if k.endswith("self_attn.o_proj.bias")}
+    missing = sorted(set(dst) - set(src) - zero_bias)
+    unexpected = sorted(set(src) - set(dst))
+    if missing or unexpected:
+        raise ConversionError(f"--export_arch llama: parameter names differ: missing {missing}, unexpected {unexpected}")
+    for k, p in dst.items():
+        if k in zero_bias:
+            p.zero_()
+        else:
+            p.copy_(src[k])
+    llama.generation_config = student.generation_config
+    return llama.eval()
 
 
 def _normalise(name: str, v: Any) -> Any:
@@ -128,7 +242,10 @@ def fold(model: LRCModel) -> torch.nn.Module:
 
 
 def _teacher_dtype(teacher_path: str) -> torch.dtype:
-    cfg = load_teacher_config(teacher_path)
+    return _config_dtype(load_teacher_config(teacher_path))
+
+
+def _config_dtype(cfg) -> torch.dtype:
     dt = getattr(cfg, "dtype", None)
     if isinstance(dt, str):
         dt = getattr(torch, dt, None)
@@ -137,7 +254,7 @@ def _teacher_dtype(teacher_path: str) -> torch.dtype:
 
 def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | None = None,
                        flags: dict[str, Any] | None = None, dtype: str | None = None,
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, export_arch: str | None = None) -> Path:
     """Fold an LRC checkpoint into a standard HF model directory at ``save_path``.
 
     Args:
@@ -146,28 +263,72 @@ def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | Non
         raw_model_name: teacher path overriding the one stored in the checkpoint.
         flags: variant flags given on the command line; checked against the stored config.
         dtype: output dtype ("float32", "bfloat16", "float16"; default: the teacher's).
+        export_arch: "llama" writes a Qwen2-family student as an equivalent Llama checkpoint. With a
+            standard HF Qwen2 checkpoint as ``ckpt_path`` (an already converted student) it only re-exports.
     """
     out = Path(save_path)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
         raise ConversionError(f"--save-path {str(out)!r} exists and is not empty (pass --overwrite to replace it)")
+    if export_arch is not None and export_arch not in EXPORT_ARCHS:
+        raise ConversionError(f"--export_arch {export_arch!r}: expected one of {', '.join(EXPORT_ARCHS)}")
+    std = standard_hf_checkpoint(ckpt_path)
+    if std is not None and export_arch is None:
+        raise ConversionError(
+            f"--ckpt-path {str(ckpt_path)!r} is a standard HF checkpoint ({std / 'config.json'} + model safetensors, no "
+            f"{WEIGHTS_NAME}; e.g. a --model_cls origin/only_kd/tiny_bert baseline run or an already converted student): "
+            f"it needs no conversion, load it with AutoModelForCausalLM.from_pretrained({str(std)!r})")
+    if std is not None:
+        return _reexport(std, out, export_arch, dtype)
     student, teacher_path, lrc, _ = build_student(ckpt_path, raw_model_name, flags)
-    target_dtype = getattr(torch, dtype) if dtype else _teacher_dtype(teacher_path)
-    if not isinstance(target_dtype, torch.dtype):
-        raise ConversionError(f"--dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16)")
+    if export_arch == "llama":
+        student = export_as_llama(student)
+    target_dtype = _parse_dtype(dtype) if dtype else _teacher_dtype(teacher_path)
     student.to(target_dtype)
     try:
         student.generation_config = GenerationConfig.from_pretrained(*_gen_src(teacher_path))
     except OSError:
         pass  # teacher has no generation_config.json: keep the one derived from the config
+    meta = {"source_checkpoint": str(Path(ckpt_path).resolve()), "teacher": teacher_path, "lrc": lrc.to_dict(),
+            "dtype": str(target_dtype).replace("torch.", ""), "export_arch": export_arch}
+    _save_atomically(out, student, load_tokenizer(teacher_path), meta)
+    log.info("wrote the converted student to %s", out)
+    return out
+
+
+def _parse_dtype(dtype: str) -> torch.dtype:
+    target = getattr(torch, dtype, None)
+    if not isinstance(target, torch.dtype):
+        raise ConversionError(f"--dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16)")
+    return target
+
+
+def _reexport(src: Path, out: Path, export_arch: str, dtype: str | None) -> Path:
+    """Write an already converted (standard HF) student in another architecture."""
+    cfg = AutoConfig.from_pretrained(src, trust_remote_code=False)
+    why = _llama_export_refusal(cfg)
+    if why:
+        raise ConversionError(f"--export_arch llama: {why}")
+    student = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, trust_remote_code=False)
+    target_dtype = _parse_dtype(dtype) if dtype else _config_dtype(cfg)
+    llama = export_as_llama(student).to(target_dtype)
+    meta = {"source_checkpoint": str(src.resolve()), "dtype": str(target_dtype).replace("torch.", ""),
+            "export_arch": export_arch}
+    old = src / "lrc_conversion.json"
+    if old.is_file():
+        meta["conversion"] = json.loads(old.read_text())
+    _save_atomically(out, llama, AutoTokenizer.from_pretrained(src, trust_remote_code=False), meta)
+    log.info("wrote the %s export of %s to %s", export_arch, src, out)
+    return out
+
+
+def _save_atomically(out: Path, model: torch.nn.Module, tokenizer, meta: dict[str, Any]) -> None:
+    """Save model + tokenizer + ``lrc_conversion.json`` to a temporary sibling, then rename it to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        student.save_pretrained(tmp)
-        tok = load_tokenizer(teacher_path)
-        tok.save_pretrained(tmp)
-        (tmp / "lrc_conversion.json").write_text(json.dumps(
-            {"source_checkpoint": str(Path(ckpt_path).resolve()), "teacher": teacher_path,
-             "lrc": lrc.to_dict(), "dtype": str(target_dtype).replace("torch.", "")}, indent=2) + "\n")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lrc_conversion.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -175,8 +336,6 @@ def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote the converted student to %s", out)
-    return out
 
 
 def _gen_src(teacher_path: str) -> tuple:
@@ -184,4 +343,5 @@ def _gen_src(teacher_path: str) -> tuple:
     return (str(p.parent),) if p.suffix == ".gguf" else (teacher_path,)
 
 
-__all__ = ["convert_checkpoint", "build_student", "fold", "ConversionError", "CheckpointError"]
+__all__ = ["convert_checkpoint", "build_student", "fold", "export_as_llama", "standard_hf_checkpoint", "ConversionError",
+           "CheckpointError"]

@@ -1,0 +1,111 @@
+"""lm-eval on a converted tiny student, offline, with a custom local multiple-choice task; scripts/eval.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lrc.harness import (ALL_TASKS, PAPER_TASKS, TASKS, HarnessError, markdown_table, resolve_tasks, task_spec)
+from students import converted_student
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_SH = REPO / "scripts" / "eval.sh"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHON=sys.executable, **extra)
+    return env
+
+
+def _write_task(root: Path, n: int = 12) -> Path:
+    """A custom multiple-choice task: YAML with ``dataset_path: json`` over a local jsonl of tiny-vocabulary words."""
+    rng = random.Random(0)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": " ".join(f"w{rng.randrange(3, 90)}" for _ in range(5)),
+             "choices": [f"w{rng.randrange(3, 90)} w{rng.randrange(3, 90)}" for _ in range(3)], "label": i % 3}
+            for i in range(n)]
+    (root / "tiny_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {root / 'tiny_mc.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n")
+    return root
+
+
+def test_lm_eval_offline_on_converted_student(tmp_path):
+    """scripts/eval.sh -> lm_eval.simple_evaluate on a converted student, custom task, no network."""
+    student = converted_student(tmp_path)
+    tasks = _write_task(tmp_path / "tasks")
+    out = tmp_path / "eval"
+    (tmp_path / "ref.json").write_text(json.dumps({"tiny_mc": 0.5}))
+    (tmp_path / "heldout.txt").write_text(" ".join(f"w{i % 90 + 3}" for i in range(200)) + "\n")
+    r = subprocess.run(["bash", str(EVAL_SH), str(student), "tiny_mc", "--fewshot", "0", "--include_path", str(tasks),
+                        "--output_dir", str(out), "--device", "cpu", "--reference", str(tmp_path / "ref.json"),
+                        "--heldout", str(tmp_path / "heldout.txt"), "--heldout_max_len", "32"],
+                       capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((out / "results.json").read_text())
+    t = summary["tasks"]["tiny_mc"]
+    assert t["metric"] == "acc" and 0.0 <= t["value"] <= 1.0 and t["stderr"] is not None
+    assert set(t["metrics"]) >= {"acc", "acc_norm"} and t["num_fewshot"] == 0 and t["paper"] == 0.5
+    raw = json.loads((out / "lm_eval_results.json").read_text())
+    assert raw["results"]["tiny_mc"]["acc,none"] == t["value"]
+    assert raw["n-samples"]["tiny_mc"]["effective"] == 12
+    md = (out / "results.md").read_text()
+    assert "| tiny_mc | acc |" in md and "| reference (%) |" in md and "50.00" in md
+    assert "results written to" in r.stdout
+    assert summary["heldout"]["tokens"] > 0 and summary["heldout"]["ppl"] > 1 and "Held-out perplexity" in md
+
+
+def test_eval_sh_usage_on_bad_arguments():
+    for args in ([], ["--fewshot", "5"]):
+        r = subprocess.run(["bash", str(EVAL_SH), *args], capture_output=True, text=True, env=_env(), timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("error:") and "usage: scripts/eval.sh MODEL [TASKS|paper|all]" in r.stderr
+    r = subprocess.run(["bash", str(EVAL_SH), "--help"], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_eval_sh_refuses_unknown_task(tmp_path):
+    r = subprocess.run(["bash", str(EVAL_SH), str(tmp_path), "arc_easy,no_such_task"], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "unknown task 'no_such_task'" in err[0]
+    assert all(t in err[0] for t in ALL_TASKS) and "paper, all" in err[0]
+
+
+def test_task_lists_and_metrics(tmp_path):
+    assert resolve_tasks("paper") == list(PAPER_TASKS) and len(PAPER_TASKS) == 9
+    assert resolve_tasks("all") == list(ALL_TASKS) and len(ALL_TASKS) == 12
+    assert set(PAPER_TASKS) < set(ALL_TASKS)
+    assert resolve_tasks("piqa,truthfulqa,piqa") == ["piqa", "truthfulqa_mc2"]
+    assert {t: task_spec(t).batch_size for t in ("boolq", "mmlu", "commonsense_qa", "sciq")} == \
+        {"boolq": 8, "mmlu": 8, "commonsense_qa": 8, "sciq": 32}
+    assert all(s.metric in ("acc", "acc_norm") for s in TASKS.values())
+    with pytest.raises(HarnessError, match="known tasks: sciq"):
+        resolve_tasks("nope")
+    assert resolve_tasks("tiny_mc", include_path=str(_write_task(tmp_path / "t"))) == ["tiny_mc"]
+    summary = {"model": "m", "num_fewshot": 0, "limit": None, "lm_eval_version": "x", "average": 0.5,
+               "tasks": {"arc_easy": {"metric": "acc_norm", "value": 0.5, "stderr": 0.01, "paper": None}}}
+    md = markdown_table(summary)
+    assert "| arc_easy | acc_norm | 50.00 | 1.00 | – |" in md and "gives no per-task numbers" in md
+
+
+def test_harness_refuses_an_lrc_checkpoint(tmp_path):
+    from lrc.harness import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "lrc_weights.safetensors").write_bytes(b"")
+    assert main(["--model", str(tmp_path / "run"), "--tasks", "sciq"]) == 2
