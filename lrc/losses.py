@@ -16,7 +16,52 @@ from torch import Tensor
 # ----------------------------------------------------------------------------- clone distances
 
 
-def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None) -> Tensor:
+_DOT_BLOCK = 1 << 17
+
+
+def _sum_of_squares_cpu(flat: Tensor) -> Tensor:
+    """sum(flat^2) without a temporary: BLAS dot products over blocks of 128K elements, summed in
+    float64 (one dot over millions of elements accumulates too much rounding error)."""
+    n = flat.numel()
+    if n <= _DOT_BLOCK:
+        return torch.dot(flat, flat)
+    parts = [torch.dot(b, b) for b in flat.split(_DOT_BLOCK)]
+    return torch.stack(parts).sum(dtype=torch.float64).float()
+
+
+class _MeanSquaredError(torch.autograd.Function):
+    """mean((s - t)^2) as an fp32 scalar, for the unmasked ``mseloss`` clone term.
+
+    Same value as ``F.mse_loss(s, t)`` up to float rounding, with fewer passes over the activations:
+    forward is one subtraction and one BLAS dot product, and only ``s - t`` is kept for backward
+    (the target itself is freed), whose gradient is that difference times a scalar.
+    ``F.mse_loss`` writes a squared temporary, and its backward zero-fills a new tensor
+    then reads both inputs again.
+    """
+
+    @staticmethod
+    def forward(ctx, s, t, t_is_scratch):
+        diff = torch.sub(s, t, out=t) if t_is_scratch else torch.sub(s, t)
+        flat = diff.reshape(-1)
+        n = flat.numel()
+        if flat.device.type == "cpu" and flat.dtype == torch.float32:
+            total = _sum_of_squares_cpu(flat)
+        else:
+            total = flat.float().square().sum()
+        ctx.save_for_backward(diff)
+        ctx.scale = 2.0 / n
+        ctx.t_grad = ctx.needs_input_grad[1]
+        return (total / n).float()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (diff,) = ctx.saved_tensors
+        g = diff * (grad_out * ctx.scale).to(diff.dtype)
+        return g, (-g if ctx.t_grad else None), None
+
+
+def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None, *,
+                   target_is_scratch: bool = False) -> Tensor:
     """Distance D(s, t) of one clone term (LRC_SPEC §3.1), as an fp32 scalar.
 
     Args:
@@ -25,9 +70,14 @@ def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None) 
             tokens) | l1loss (mean of |s-t|) | l1loss_v2 (sum |s-t| over width / 50, mean over tokens).
         mask: optional (B, S) bool, True where the token counts; means are then over counted
             tokens only (computed by weighting, without a host sync).
+        target_is_scratch: the caller never reads ``t`` again (and it needs no gradient), so its
+            memory may be reused for ``s - t``.
     """
     if mask is None:
         if kind == "mseloss":
+            if s.shape == t.shape and s.dtype == t.dtype:
+                scratch = target_is_scratch and not t.requires_grad and t.is_contiguous()
+                return _MeanSquaredError.apply(s, t, scratch)
             return F.mse_loss(s, t).float()
         if kind == "l1loss":
             return F.l1_loss(s, t).float()
@@ -50,15 +100,33 @@ def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None) 
 # ----------------------------------------------------------------------------- KL + CE
 
 
+# On CPU the chunk is additionally capped so that one (chunk, V) fp32 buffer stays around 48 MiB
+# (256 tokens at V = 49,152): the loss alone then ran 0.76 s instead of 0.89 s with 1024-token chunks
+# on a nearly idle 2-core machine (1,024 tokens), and its buffers take 4x less memory. Smaller chunks were faster still when idle
+# (128 tokens) but much slower when the cores are shared (more, shorter parallel regions). Never below
+# 64 tokens, so the head matmuls still amortise reading the (V, d) weights.
+_CPU_CHUNK_BYTES = 48 * 2**20
+_CPU_MIN_CHUNK = 64
+
+
+def _effective_chunk(chunk: int, n: int, V: int, device: torch.device) -> int:
+    c = min(chunk, n)
+    if device.type == "cpu":
+        c = min(c, max(_CPU_MIN_CHUNK, _CPU_CHUNK_BYTES // (4 * V)))
+    return max(1, c)
+
+
 class _FusedLogitLosses(torch.autograd.Function):
     """loss = w_ce * sum CE + w_kl * sum KL, computed chunk-wise; gradients computed in forward.
 
-    Each chunk works in four reused (chunk, V) fp32 buffers with in-place ops: fresh V-wide
+    Each chunk works in three or four reused (chunk, V) fp32 buffers with in-place ops: fresh V-wide
     temporaries per op cost more than the arithmetic on CPU (page faults) and fragment GPU memory.
     With lse = log-sum-exp, the per-token quantities are
         CE  = lse(z_S) - z_S[target],          dCE/dz_S = softmax(z_S) - onehot(target)
         KL  = sum_v p_T (z_T - z_S) / tau - lse(z_T / tau) + lse(z_S / tau),
         dKL/dz_S = (softmax(z_S / tau) - p_T) / tau,   with p_T = softmax(z_T / tau).
+    KL is formed from the (small) logit differences and per-row log-sums, not as a difference of
+    two log-softmaxes (each ~log V in size): that keeps it accurate when teacher and student are close.
     """
 
     @staticmethod
@@ -67,16 +135,19 @@ class _FusedLogitLosses(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         do_kl = h_t is not None
         dev, f32 = h_s.device, torch.float32
+        f64 = f32 if dev.type == "mps" else torch.float64  # MPS has no float64
+        chunk = _effective_chunk(chunk, n, V, dev)
         c0 = min(chunk, n)
-        zs_buf = torch.empty(c0, V, dtype=f32, device=dev)  # z_S, then z_S / tau shifted, then p_S
+        zs_buf = torch.empty(c0, V, dtype=f32, device=dev)  # z_S, then (z_S - max) / tau, then its exp
         g_buf = torch.empty(c0, V, dtype=f32, device=dev) if need_grad else None  # dLoss/dz_S
         zt_buf = torch.empty(c0, V, dtype=f32, device=dev) if do_kl else None  # z_T / tau shifted, then p_T * diff
         pt_buf = torch.empty(c0, V, dtype=f32, device=dev) if do_kl else None  # p_T
         grad_h = torch.empty_like(h_s) if need_grad else None
-        grad_u = torch.zeros(u_s.shape, dtype=f32, device=dev) if need_grad else None
+        grad_u = torch.empty(u_s.shape, dtype=f32, device=dev) if need_grad else None  # first chunk writes it
         ce_sum = torch.zeros((), dtype=f32, device=dev)
         kl_sum = torch.zeros((), dtype=f32, device=dev)
         inv_tau = 1.0 / tau
+        ht_scaled = h_t * inv_tau if do_kl else None
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
             c = b - a
@@ -85,47 +156,51 @@ class _FusedLogitLosses(torch.autograd.Function):
             _mm_into(zs, hs, u_s)  # (c, V) student logits
             tgt = targets[a:b]
             ce_valid = tgt >= 0
-            tgt0 = tgt.clamp_min(0)
-            picked = zs.gather(1, tgt0.unsqueeze(1)).squeeze(1)
+            tgt0 = tgt.clamp_min(0).unsqueeze(1)
+            picked = zs.gather(1, tgt0).squeeze(1)
             m1 = zs.amax(-1, keepdim=True)
-            if need_grad:
-                e = g_buf[:c]
-                torch.sub(zs, m1, out=e).exp_()
-            else:
-                e = (zs - m1).exp_()
+            e = torch.sub(zs, m1, out=g_buf[:c]) if need_grad else zs - m1
+            e.exp_()
             s1 = e.sum(-1, keepdim=True)
-            lse1 = (m1 + s1.log()).squeeze(1)
-            ce_sum += ((lse1 - picked) * ce_valid).sum()
+            ce_sum += ((m1.squeeze(1) + s1.log().squeeze(1) - picked) * ce_valid).sum()
             if need_grad:  # g = (softmax(z_S) - onehot) * w_ce on counted rows
-                e.div_(s1)
-                e[torch.arange(c, device=dev), tgt0] -= 1.0
-                e.mul_((ce_valid.to(f32) * w_ce).unsqueeze(1))
+                wc = (ce_valid.to(f32) * w_ce).unsqueeze(1)
+                e.mul_(wc / s1)
+                e.scatter_add_(1, tgt0, -wc)
             del e
             if do_kl:
                 m = kl_mask[a:b].to(f32)
                 zt = zt_buf[:c]
-                _mm_into(zt, h_t[a:b] * inv_tau, u_t)  # z_T / tau
+                _mm_into(zt, ht_scaled[a:b], u_t)  # z_T / tau
                 zt.sub_(zt.amax(-1, keepdim=True))
-                pt = pt_buf[:c]
-                torch.exp(zt, out=pt)
+                pt = torch.exp(zt, out=pt_buf[:c])
                 st = pt.sum(-1, keepdim=True)
                 pt.div_(st)  # p_T
-                zs.mul_(inv_tau)
-                zs.sub_(zs.amax(-1, keepdim=True))  # z_S / tau, shifted
+                # z_S / tau shifted by its max (= max(z_S) / tau, tau > 0)
+                zs.sub_(m1).mul_(inv_tau)
                 zt.sub_(zs).mul_(pt)  # p_T * (shifted z_T/tau - shifted z_S/tau)
-                zs.exp_()
-                ss = zs.sum(-1, keepdim=True)
-                kl_tok = zt.sum(-1) - st.log().squeeze(1) + ss.log().squeeze(1)
-                kl_sum += (kl_tok * m).sum()
-                if need_grad:  # g += (p_S - p_T) * m * w_kl / tau
-                    zs.div_(ss).sub_(pt).mul_((m * (w_kl * inv_tau)).unsqueeze(1))
-                    g_buf[:c].add_(zs)
+                ps = zs.exp_()  # unnormalised p_S(tau)
+                ss = ps.sum(-1, keepdim=True)
+                # per-row log-sums in float64: log(sum) ~ log V would otherwise round to ~1e-6, which is
+                # a large part of a small KL (student close to the teacher)
+                kl_tok = zt.sum(-1).to(f64) + (ss.to(f64).log() - st.to(f64).log()).squeeze(1)
+                kl_sum += (kl_tok * m).sum().to(f32)
+                if need_grad:  # g += (p_S(tau) - p_T) * m * w_kl / tau
+                    k = (m * (w_kl * inv_tau)).unsqueeze(1)
+                    g = g_buf[:c]
+                    g.addcmul_(ps, k / ss)
+                    g.addcmul_(pt, k, value=-1.0)
             if need_grad:
                 g = g_buf[:c]
                 gd = g if h_s.dtype == f32 else g.to(h_s.dtype)
                 torch.mm(gd, u_s, out=grad_h[a:b])
                 if gd.dtype == f32:
-                    grad_u.addmm_(gd.t(), hs)
+                    if a == 0:
+                        torch.mm(gd.t(), hs, out=grad_u)
+                    else:
+                        grad_u.addmm_(gd.t(), hs)
+                elif a == 0:
+                    grad_u.copy_(gd.t() @ hs)
                 else:
                     grad_u += (gd.t() @ hs).float()
         stats.append((ce_sum.detach(), kl_sum.detach()))
@@ -137,6 +212,10 @@ class _FusedLogitLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_u = ctx.saved_tensors
+        if grad_out.device.type == "cpu" and grad_out.item() == 1.0:
+            # the usual case (the loss is a plain sum): skip two full-size copies; reading the
+            # value costs no device sync on CPU
+            return grad_h, grad_u.to(ctx.u_dtype), None, None, None, None, None, None, None, None, None
         gh = grad_h * grad_out.to(grad_h.dtype)
         gu = (grad_u * grad_out).to(ctx.u_dtype)
         return gh, gu, None, None, None, None, None, None, None, None, None

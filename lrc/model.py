@@ -231,7 +231,9 @@ class LRCModel(nn.Module):
                         return
                     with grad_ctx():
                         s, t = self._student_term(L, term, args, out, target)
-                        d = clone_distance(s, t, lrc.aux_loss_type, mask)
+                        # Without checkpointing nothing reads the popped target again: reuse it.
+                        d = clone_distance(s, t, lrc.aux_loss_type, mask,
+                                           target_is_scratch=not self.gradient_checkpointing)
                     results.setdefault((L, term), d)
 
                 handles.append(_get(layers[j], _STUDENT_HOOK[term]).register_forward_hook(hook))

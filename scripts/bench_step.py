@@ -5,7 +5,10 @@ The FLOP model of an LRC step is (a) + (b): the teacher must run, and the studen
 This measures, in one process, interleaved round-robin after warm-up, the tokens/s of each, the
 ratio c / (a + b), and the peak memory of each phase (``torch.cuda.max_memory_allocated`` on GPU,
 sampled RSS on CPU). Ablations say where the rest goes: the LRC step without clone terms, without
-KL, and the student-weight generation alone (forward + backward).
+KL, and the student-weight generation alone (forward + backward); they also time (b) with LRC's chunked
+fused CE in place of HF's full-logit CE, to show how much the bound owes to HF's loss. ``--phases``
+times the pieces of the LRC step itself. Besides wall time (median and best of the rounds), the
+process CPU time of each phase is reported: on a shared machine it is less disturbed by other load.
 
     python scripts/bench_step.py --teacher smollm2-135m --target-hidden-size 288 --batch 4 --seq 256
     python scripts/bench_step.py --teacher llama-3.2-3b --target-hidden-size 1536 --batch 4 --seq 2048 --dtype bf16
@@ -129,12 +132,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3, help="timed rounds (each runs every phase once)")
     ap.add_argument("--ablations", action="store_true", help="also time LRC without clone terms / without KL, "
-                                                             "and the weight generation alone")
+                                                             "the weight generation alone, and (b) with LRC's "
+                                                             "chunked fused CE instead of HF's")
     ap.add_argument("--loss-memory", action="store_true", help="peak memory of the loss, chunked vs unchunked")
     ap.add_argument("--loss-vocab", type=int, default=128256)
     ap.add_argument("--loss-tokens", type=int, default=3 * 2048)
+    ap.add_argument("--flops", action="store_true", help="also count the FLOPs of each phase (FLOP-model ratio)")
+    ap.add_argument("--phases", action="store_true", help="after the rounds, time the phases of the LRC step")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
@@ -157,14 +166,28 @@ def main() -> None:
         opt_s.step()
         opt_s.zero_grad(set_to_none=True)
 
+    shifted = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1).reshape(-1)
+
+    def student_step_fused_ce():  # (b) with LRC's chunked CE instead of HF's full-logit CE (a tighter bound)
+        h = student.model(input_ids=ids, use_cache=False).last_hidden_state
+        loss, _, _ = fused_logit_losses(h.reshape(tokens, -1), student.lm_head.weight, shifted,
+                                        w_ce=1.0 / (tokens - args.batch), chunk_tokens=args.chunk_tokens)
+        loss.backward()
+        opt_s.step()
+        opt_s.zero_grad(set_to_none=True)
+
     def lrc_step(model=lrc, opt=opt_l):
         model(ids).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def gen_only():
-        w = lrc.student_weights()
-        sum(x.float().square().mean() for x in w.values() if x.requires_grad).backward()
+    gen_grads = {}
+
+    def gen_only():  # forward + backward of the weight generation alone (fixed upstream gradients)
+        w = {k: v for k, v in lrc.student_weights().items() if v.requires_grad}
+        if not gen_grads:
+            gen_grads.update({k: torch.randn_like(v) * 1e-3 for k, v in w.items()})
+        torch.autograd.backward(list(w.values()), [gen_grads[k] for k in w])
         opt_l.zero_grad(set_to_none=True)
 
     phases = {"a_teacher_forward": teacher_fwd, "b_student_train_step": student_step, "c_lrc_step": lrc_step}
@@ -172,24 +195,29 @@ def main() -> None:
         phases[f"c_lrc_step_{k}"] = (lambda m=m, o=opt_v[k]: lrc_step(m, o))
     if args.ablations:
         phases["weight_generation_fwd_bwd"] = gen_only
+        phases["b_student_train_step_fused_ce"] = student_step_fused_ce
 
     times = {k: [] for k in phases}
+    cpu_times = {k: [] for k in phases}  # process CPU seconds: less sensitive than wall time to other load
     peaks = {}
     for r in range(args.warmup + args.iters):
         for name, fn in phases.items():
             with PeakMemory(device) as pm:
                 _sync(device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 _sync(device)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if r >= args.warmup:
                 times[name].append(dt)
+                cpu_times[name].append(dc)
                 peaks[name] = max(peaks.get(name, 0), pm.peak)
-        print(f"round {r + 1}/{args.warmup + args.iters}: " +
+        print(f"round {r + 1}/{args.warmup + args.iters} (load {os.getloadavg()[0]:.2f}): " +
               ", ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu_times.items()}
     res = {
         "date": date.today().isoformat(), "device": torch.cuda.get_device_name() if device.type == "cuda" else
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -197,19 +225,111 @@ def main() -> None:
         "teacher": args.teacher, "target_hidden_size": args.target_hidden_size, "batch": args.batch, "seq": args.seq,
         "dtype": str(dtype).replace("torch.", ""), "attn": args.attn, "chunk_tokens": args.chunk_tokens,
         "gradient_checkpointing": args.gradient_checkpointing,
-        "seconds": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
+        "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(),
+        "seconds": med, "seconds_min": best, "cpu_seconds": cpu_med, "seconds_all": times,
+        "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "peak_memory_GiB": {k: v / 2**30 for k, v in peaks.items()},
         "ratio_c_over_a_plus_b": med["c_lrc_step"] / (med["a_teacher_forward"] + med["b_student_train_step"]),
+        "ratio_c_over_a_plus_b_min": best["c_lrc_step"] / (best["a_teacher_forward"] + best["b_student_train_step"]),
+        "ratio_c_over_a_plus_b_cpu": cpu_med["c_lrc_step"] / (cpu_med["a_teacher_forward"]
+                                                              + cpu_med["b_student_train_step"]),
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
         "student_params": sum(p.numel() for p in student.parameters()),
         "trainable_params": sum(p.numel() for p in lrc.trainable_parameters()),
     }
+    if args.phases:
+        res["lrc_phases"] = lrc_phases(lrc, opt_l, ids, device, args.iters)
+    if args.flops:  # matmul / attention FLOPs of each phase (torch's FLOP counter): a noise-free bound
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def flops(fn):
+            with FlopCounterMode(display=False) as fc:
+                fn()
+            return fc.get_total_flops() / 1e9
+
+        gf = {k: flops(fn) for k, fn in phases.items()}
+        gf["c_ratio_c_over_a_plus_b"] = gf["c_lrc_step"] / (gf["a_teacher_forward"] + gf["b_student_train_step"])
+        res["gflop"] = gf
+        print("GFLOP: " + ", ".join(f"{k}={v:.3f}" if k.startswith("c_ratio") else f"{k}={v:.1f}"
+                                    for k, v in gf.items()), flush=True)
     del student, opt_s
     if args.loss_memory:
         res["loss_memory"] = loss_memory(args, device, dtype)
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+def lrc_phases(lrc, opt, ids, device, iters: int) -> dict:
+    """Where one LRC step's time goes: wall and CPU seconds per phase (median over ``iters`` steps).
+
+    Run after the interleaved rounds, with timers wrapped around the pieces of ``LRCModel.forward``:
+    teacher forward (with capture hooks), weight generation (forward), student forward (including
+    the clone terms' forward, also given alone), fused KL/CE (forward, which also computes its
+    gradients), then backward (all of it: student, clone terms, weight generation) and AdamW.
+    """
+    import lrc.model as lrc_model
+
+    acc: dict[str, list[float]] = {}
+    restore = []
+
+    def timed(key, fn):
+        def wrapper(*a, **kw):
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                _sync(device)
+                w, c = acc.setdefault(key, [0.0, 0.0])
+                acc[key] = [w + time.perf_counter() - t0, c + time.process_time() - c0]
+        return wrapper
+
+    def patch(obj, name, key):  # instance (or module) attribute shadowing the method / function
+        own = name in vars(obj)
+        restore.append((obj, name, own, vars(obj).get(name)))
+        setattr(obj, name, timed(key, getattr(obj, name)))
+
+    tm = lrc.teacher.model
+    patch(tm, "forward", "teacher_forward")
+    patch(lrc, "student_weights", "weight_generation_forward")
+    patch(lrc_model, "functional_call", "student_forward_with_clone_terms")
+    patch(lrc_model, "clone_distance", "clone_terms_forward")
+    patch(lrc, "_student_term", "clone_terms_forward")
+    patch(lrc_model, "fused_logit_losses", "kl_ce_fused")
+    rows = []
+    try:
+        for _ in range(max(iters, 1)):
+            acc.clear()
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = lrc(ids)
+            _sync(device)
+            t1, c1 = time.perf_counter(), time.process_time()
+            out.loss.backward()
+            _sync(device)
+            t2, c2 = time.perf_counter(), time.process_time()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            t3, c3 = time.perf_counter(), time.process_time()
+            row = {k: list(v) for k, v in acc.items()}
+            row["forward_total"] = [t1 - t0, c1 - c0]
+            row["backward"] = [t2 - t1, c2 - c1]
+            row["adamw"] = [t3 - t2, c3 - c2]
+            row["step_total"] = [t3 - t0, c3 - c0]
+            rows.append(row)
+    finally:
+        for obj, name, own, orig in reversed(restore):
+            if own:
+                setattr(obj, name, orig)
+            else:
+                delattr(obj, name)
+    out = {k: {"wall": statistics.median(r[k][0] for r in rows), "cpu": statistics.median(r[k][1] for r in rows)}
+           for k in rows[0]}
+    print("LRC step phases (median s, wall / cpu): " +
+          ", ".join(f"{k}={v['wall']:.3f}/{v['cpu']:.3f}" for k, v in out.items()), flush=True)
+    return out
 
 
 def loss_memory(args, device, dtype) -> dict:
