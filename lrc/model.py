@@ -32,6 +32,7 @@ from .config import LRCConfig
 from .families import check_family, is_tied, student_config
 from .generate import generate_student_weights
 from .losses import clone_distance, fused_logit_losses
+from .positions import loss_positions
 from .projections import LRCProjections
 
 # Which teacher activation each clone term needs: (module under the decoder layer, "in" | "out").
@@ -259,17 +260,9 @@ class LRCModel(nn.Module):
         """
         lrc = self.lrc_config
         B, S = input_ids.shape
-        # Packed data (no mask, no labels) takes the mask-free path; otherwise a position counts iff
-        # attention_mask is 1 and its label is not -100. No host sync either way.
-        masked = attention_mask is not None or labels is not None
-        labels = input_ids if labels is None else labels
-        valid = labels != -100
-        if attention_mask is not None:
-            valid = valid & attention_mask.bool()
-        mask = valid if masked else None  # (B, S) bool or None
-        # next-token targets: position t predicts labels[t+1]
-        targets = torch.full_like(labels, -100)
-        targets[:, :-1] = torch.where(valid[:, 1:] & valid[:, :-1], labels[:, 1:], -100)
+        # Packed data (no mask, no labels) takes the mask-free path (pos.mask None). No host sync.
+        pos = loss_positions(input_ids, attention_mask, labels, lrc.kl_reduction)
+        mask, valid, targets = pos.mask, pos.valid, pos.targets
         fwd_kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 
         for h in self._gc_hooks:  # previous step's hooks (gradient checkpointing)
@@ -289,9 +282,7 @@ class LRCModel(nn.Module):
 
         u_s = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])  # (V, d_s)
         u_t = self.teacher.get_output_embeddings().weight  # (V, d)
-        n_ce = (targets >= 0).sum().clamp_min(1).float()
-        n_kl = valid.sum().clamp_min(1).float()
-        kl_div = torch.tensor(float(B), device=n_kl.device) if lrc.kl_reduction == "sequence_sum" else n_kl
+        n_ce, kl_div = pos.n_ce, pos.kl_divisor
         loss, ce_sum, kl_sum = fused_logit_losses(
             h_s.reshape(B * S, -1), u_s, targets.reshape(-1),
             h_t=h_t.reshape(B * S, -1) if lrc.use_logits_loss else None, u_t=u_t,

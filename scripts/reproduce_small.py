@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The paper's claim at small scale: LRC against the baselines, on a real teacher and real text.
 
-    python scripts/reproduce_small.py                       # CPU default (~1 h on 2 cores)
+    python scripts/reproduce_small.py                       # CPU default (~30 min on 2 quiet cores)
+    python scripts/reproduce_small.py --budgets 8192,32768,131072,327680   # extends it in place (~1 h more)
     python scripts/reproduce_small.py --gpu                 # GPU preset: budgets of 4M..64M tokens
     python scripts/reproduce_small.py --budgets 6144,65536 --methods lrc,origin --out runs/x
 
@@ -67,7 +68,7 @@ class ReproConfig:
     """Training text (.txt / .txt.xz / jsonl); default ../shared/corpus/prose.train.txt.xz, else data/sample/train.txt."""
     heldout: str = ""
     """Held-out text; default ../shared/corpus/prose.heldout.txt.xz, else data/sample/heldout.txt."""
-    budgets: str = "8192,32768,131072,327680"
+    budgets: str = "8192,32768,131072"
     """Token budgets (comma list, ascending); each is rounded down to whole optimizer steps. The ladder
     may be extended later in the same --out: with a fixed data pool and a constant schedule, the model
     after N steps does not depend on the ladder."""
