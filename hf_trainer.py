@@ -625,22 +625,25 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
     curve = _loss_curve(trainer)
     n_t = sum(p.numel() for p in teacher.parameters()) / 1e6
     n_s = sum(p.numel() for p in student.parameters()) / 1e6
+    mc = cfg["model_cls"]
+    lrc_run = mc == "distill"
     lines = [
         "",
         "=" * 78,
-        f"LRC demo finished in {time.time() - t0:.0f}s",
-        f"training loss (CE + KL + alpha x clone): step {curve[0][0]}: {curve[0][1]:.2f} -> "
+        f"{'LRC' if lrc_run else mc} demo finished in {time.time() - t0:.0f}s",
+        f"training loss ({'CE + KL + alpha x clone' if lrc_run else mc}): step {curve[0][0]}: {curve[0][1]:.2f} -> "
         f"step {curve[-1][0]}: {curve[-1][1]:.2f}",
         f"held-out perplexity ({t_ppl.tokens} predicted tokens):",
         f"  teacher SmolLM2-135M-Instruct  {n_t:6.1f}M params  ppl {t_ppl.ppl:10.1f}",
         f"  student d_s={cfg['target_hidden_size']:<4}              {n_s:6.1f}M params  ppl {s_ppl.ppl:10.1f}",
         f"  ({cfg['max_steps']} steps x {cfg['batch_size']} x {cfg['data_max_len']} tokens: a smoke run; "
         f"the paper trains on ~10B tokens)",
-        f"outputs in {out}: checkpoint-N/, lrc_weights.safetensors, student/ (a standard HF model)",
+        f"outputs in {out}: checkpoint-N/, " + ("lrc_weights.safetensors, student/ (a standard HF model)" if lrc_run
+                                                else "the student as a standard HF model (no conversion needed)"),
         "next:",
-        f"  python hf_trainer.py --demo --output_dir {out} --max_steps {2 * cfg['max_steps']} --resume auto"
-        f"   # train on",
-        f"  python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student-again'}",
+        f"  python hf_trainer.py --demo{'' if lrc_run else ' --model_cls ' + mc} --output_dir {out} "
+        f"--max_steps {2 * cfg['max_steps']} --resume auto   # train on",
+        *([f"  python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student-again'}"] if lrc_run else []),
         f"  python -m lrc.evaluate --model {student_dir} --data {cfg['eval_dataset']} "
         f"--data_max_len {cfg['data_max_len']}",
         f"  python -m lrc.evaluate --model {cfg['raw_model_name']} --data {cfg['eval_dataset']} "
