@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .config import LRCConfig, LRCConfigError
 from .families import check_family, student_config
-from .losses import fused_logit_losses
+from .losses import clone_distance, fused_logit_losses
 from .model import LRCOutput
 from .positions import loss_positions
 
@@ -156,31 +156,20 @@ class BaselineModel(nn.Module):
         if tiny:
             for j, L in enumerate(self.kept_layers):  # h^(j): embedding output / input of layer j
                 hs = self.maps[j](s_out.hidden_states[j])
-                results[(L, HIDDEN_TERM)] = _masked_mse(hs, t_out.hidden_states[L], pos.mask)
-                if want_attn:
+                results[(L, HIDDEN_TERM)] = clone_distance(hs, t_out.hidden_states[L].to(hs.dtype), "mseloss",
+                                                           pos.mask)
+                if want_attn:  # (B, H, S, S); a padded query row does not count
                     a_s = _threshold(s_out.attentions[j], cfg.attn_threshold)
-                    a_t = _threshold(t_out.attentions[L], cfg.attn_threshold)
-                    results[(L, ATTN_TERM)] = _masked_mse(a_s, a_t, None if pos.mask is None else pos.mask[:, None, :, None])
-        zero = h_s.new_zeros((), dtype=torch.float32)
-        clone = sum(results.values()) if results else zero
+                    a_t = _threshold(t_out.attentions[L], cfg.attn_threshold).to(a_s.dtype)
+                    rows = None if pos.mask is None else pos.mask[:, None, :].expand(a_s.shape[:3])
+                    results[(L, ATTN_TERM)] = clone_distance(a_s, a_t, "mseloss", rows)
+        clone = sum(results.values()) if results else h_s.new_zeros((), dtype=torch.float32)
         if results:
             loss = loss + clone
-        terms: dict[str, Tensor] = {}
-        for (_, name), v in results.items():
-            terms[name] = terms.get(name, 0.0) + v.detach()
-        return LRCOutput(loss=loss, ce=ce.detach(), kl=kl.detach(), clone=clone.detach(), terms=terms,
-                         layer_terms={k: v.detach() for k, v in results.items()})
+        return LRCOutput.from_results(loss, ce, kl, clone, results)
 
 
 def _threshold(a: Tensor, thr: float) -> Tensor:
     """Attention probabilities (B, H, S, S) with entries <= thr set to 0."""
     return a.masked_fill(a <= thr, 0.0)
 
-
-def _masked_mse(s: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
-    """fp32 element-mean squared error; ``mask`` (broadcastable bool) keeps the counted rows only."""
-    d = (s.float() - t.float()).pow(2)
-    if mask is None:
-        return d.mean()
-    m = mask.expand_as(d) if mask.dim() == d.dim() else mask.unsqueeze(-1).expand_as(d)
-    return (d * m).sum() / m.sum().clamp_min(1)

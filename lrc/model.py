@@ -72,6 +72,16 @@ class LRCOutput:
     layer_terms: dict[tuple[int, str], Tensor] = field(default_factory=dict)
     """Unweighted clone term by (teacher layer index, name)."""
 
+    @classmethod
+    def from_results(cls, loss: Tensor, ce: Tensor, kl: Tensor, clone: Tensor,
+                     results: dict[tuple[int, str], Tensor]) -> "LRCOutput":
+        """Detach the logged values and sum the per-layer terms ``results[(layer, name)]`` by name."""
+        terms: dict[str, Tensor] = {}
+        for (_, name), v in results.items():
+            terms[name] = terms.get(name, 0.0) + v.detach()
+        return cls(loss=loss, ce=ce.detach(), kl=kl.detach(), clone=clone.detach(), terms=terms,
+                   layer_terms={k: v.detach() for k, v in results.items()})
+
 
 def _get(module: nn.Module, path: str) -> nn.Module:
     return module.get_submodule(path)
@@ -298,8 +308,4 @@ class LRCModel(nn.Module):
         clone = lrc.aux_loss_scale_factor * clone_sum
         if lrc.use_aux_loss and results:
             loss = loss + clone
-        terms: dict[str, Tensor] = {}
-        for (L, term), v in results.items():
-            terms[term] = terms.get(term, 0.0) + v.detach()
-        return LRCOutput(loss=loss, ce=ce.detach(), kl=kl.detach(), clone=clone.detach(), terms=terms,
-                         layer_terms={k: v.detach() for k, v in results.items()})
+        return LRCOutput.from_results(loss, ce, kl, clone, results)

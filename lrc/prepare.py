@@ -76,7 +76,6 @@ import lzma
 import math
 import operator
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -418,8 +417,8 @@ def resolve_sources(inputs: Any, sources: Any, text_field: str = "text", filter:
 # ----------------------------------------------------------------------------------------------------------------
 
 class TokenizerSpec:
-    """What the tasks need of the tokenizer, picklable: the tokenizers JSON, BOS/EOS, vocabulary size and - when a
-    source renders conversations - the pickled HF tokenizer (for ``apply_chat_template``)."""
+    """What the tasks need of the tokenizer, picklable: the tokenizers JSON, BOS/EOS, vocabulary size and the chat
+    template (a string; ``hf()`` rebuilds an HF tokenizer from these for ``apply_chat_template``)."""
 
     def __init__(self, path: str, chat: bool = False) -> None:
         self.path = os.fspath(path)
@@ -441,7 +440,7 @@ class TokenizerSpec:
         self.vocab_size = len(tok)
         self.name = getattr(tok, "name_or_path", "") or self.path
         self.has_chat_template = bool(getattr(tok, "chat_template", None))
-        self.hf_pickle = pickle.dumps(tok) if chat and self.has_chat_template else None
+        self.chat_template = tok.chat_template if chat and self.has_chat_template else None
         self._hf = None
 
     def __getstate__(self) -> dict:
@@ -453,9 +452,13 @@ class TokenizerSpec:
         return Tokenizer.from_str(self.json)
 
     def hf(self):
-        """The HF tokenizer (for its chat template); only when built with ``chat=True``."""
+        """An HF tokenizer with the teacher's vocabulary, special tokens and chat template (built with ``chat=True``)."""
         if self._hf is None:
-            self._hf = pickle.loads(self.hf_pickle)
+            from transformers import PreTrainedTokenizerFast
+
+            self._hf = PreTrainedTokenizerFast(tokenizer_object=self.backend(), bos_token=self.bos_token,
+                                               eos_token=self.eos_token)
+            self._hf.chat_template = self.chat_template
         return self._hf
 
     def frame(self, framing: str) -> tuple[list[int], list[int]]:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The paper's claim at small scale: LRC against the baselines, on a real teacher and real text.
 
-    python scripts/reproduce_small.py                       # CPU default (~30 min on 2 quiet cores)
-    python scripts/reproduce_small.py --budgets 8192,32768,131072,327680   # extends it in place (~1 h more)
+    python scripts/reproduce_small.py                       # CPU default: 6 methods x 128 steps of 4 x 256
+    python scripts/reproduce_small.py --budgets 8192,32768,131072,327680   # extends the same runs in place
     python scripts/reproduce_small.py --gpu                 # GPU preset: budgets of 4M..64M tokens
     python scripts/reproduce_small.py --budgets 6144,65536 --methods lrc,origin --out runs/x
 

@@ -181,3 +181,23 @@ def test_baseline_resume_refuses_another_method(assets, tmp_path, capsys):
 def test_tiny_bert_attention_loss_needs_eager(assets, tmp_path, capsys):
     rc = hf_trainer.run(flags(assets, tmp_path / "e", "tiny_bert", attn_implementation="sdpa"))
     assert rc == 2 and "--attn_implementation eager" in capsys.readouterr().err
+
+
+def test_tiny_bert_terms_skip_padded_positions(assets):
+    """With padding, the hidden-state MSE counts real tokens only and the attention MSE real query rows only."""
+    teacher = AutoModelForCausalLM.from_pretrained(assets["teacher"], dtype=torch.float32, attn_implementation="eager")
+    torch.manual_seed(0)
+    bl = BaselineModel(teacher, BaselineConfig("tiny_bert", LRCConfig(target_hidden_size=32)))
+    ids = torch.randint(3, VOCAB, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 7:] = 0
+    out = bl(ids, attention_mask=mask)
+    s = bl.student(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        t = teacher(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    real = mask.bool()
+    thr = lambda a: torch.where(a > 0.01, a, torch.zeros_like(a))  # noqa: E731
+    hid = sum(((bl.maps[i](s.hidden_states[i]) - t.hidden_states[i])[real] ** 2).mean() for i in range(2))
+    att = sum(((thr(s.attentions[i]) - thr(t.attentions[i])).transpose(1, 2)[real] ** 2).mean() for i in range(2))
+    torch.testing.assert_close(out.terms[HIDDEN_TERM], hid.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.terms[ATTN_TERM], att.detach(), rtol=1e-5, atol=1e-6)
