@@ -78,7 +78,7 @@ FLAGS: dict[str, Flag] = {
     "del_layers": Flag("", "list", "teacher layers the student drops, e.g. 3,7"),
     "ban_layers": Flag("", "list", "teacher layers without clone terms"),
     "str_ban_losses": Flag("no", "str", "comma list of clone-term names to skip (no: none), e.g. mlp-gate-loss"),
-    "aux_loss_type": Flag("mseloss", "str", "clone distance: mseloss | mseloss_v2 | l1loss | l1loss_v2"),
+    "aux_loss_type": Flag("mseloss", "str", "clone distance: mseloss | mseloss_v2 | l1loss | l1loss_v2 | nmse (relative; extension)"),
     "aux_loss_scale_factor": Flag(0.2, "float", "alpha, weight of every clone term (README recipe)", "1.0"),
     "kl_temperature": Flag(40.0, "float", "tau of KL(teacher || student) (README recipe)", "10.0"),
     "kl_reduction": Flag("sequence_sum", "str", "sequence_sum (official: sum over tokens / sequences) | token_mean"),

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-AUX_LOSS_TYPES = ("mseloss", "mseloss_v2", "l1loss", "l1loss_v2")
+AUX_LOSS_TYPES = ("mseloss", "mseloss_v2", "l1loss", "l1loss_v2", "nmse")
 KL_REDUCTIONS = ("sequence_sum", "token_mean")
 ATTN_OUT_SPACES = ("teacher", "student")
 
@@ -58,10 +58,12 @@ class LRCConfig:
     ban_layers: tuple[int, ...] = ()
     """Teacher layer indices whose clone terms are skipped (the student still computes the layer)."""
 
-    aux_loss_type: Literal["mseloss", "mseloss_v2", "l1loss", "l1loss_v2"] = "mseloss"
+    aux_loss_type: Literal["mseloss", "mseloss_v2", "l1loss", "l1loss_v2", "nmse"] = "mseloss"
     """Distance D of the clone terms. mseloss: mean squared error over all elements; mseloss_v2:
     sum over the feature axis, mean over tokens; l1loss: mean |s-t|; l1loss_v2: sum |s-t| / 50 over
-    the feature axis, mean over tokens."""
+    the feature axis, mean over tokens. nmse (this project's extension, not in the official code):
+    relative squared error sum (s-t)^2 / sum t^2 over the batch, so every term starts near 1 and a
+    teacher with a few huge activations does not let one term dominate (docs/REPRODUCE_SMALL.md)."""
 
     aux_loss_scale_factor: float = 0.2
     """alpha: weight of every clone term (plain sum over layers and terms, LRC_SPEC §3.1)."""

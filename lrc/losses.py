@@ -67,7 +67,9 @@ def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None, 
     Args:
         s, t: student activation and target, same shape (B, S, width).
         kind: mseloss (mean of squares over all elements) | mseloss_v2 (sum over width, mean over
-            tokens) | l1loss (mean of |s-t|) | l1loss_v2 (sum |s-t| over width / 50, mean over tokens).
+            tokens) | l1loss (mean of |s-t|) | l1loss_v2 (sum |s-t| over width / 50, mean over tokens)
+            | nmse (sum (s-t)^2 / sum t^2 over the counted tokens; gradient through both, so a
+            target that depends on trainable weights gains nothing from shrinking them).
         mask: optional (B, S) bool, True where the token counts; means are then over counted
             tokens only (computed by weighting, without a host sync).
         target_is_scratch: the caller never reads ``t`` again (and it needs no gradient), so its
@@ -82,6 +84,11 @@ def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None, 
         if kind == "l1loss":
             return F.l1_loss(s, t).float()
     diff = s - t
+    if kind == "nmse":
+        num, den = diff.pow(2).sum(-1, dtype=torch.float32), t.pow(2).sum(-1, dtype=torch.float32)  # (B, S)
+        if mask is not None:
+            num, den = num * mask, den * mask
+        return num.sum() / den.sum().clamp_min(1e-12)
     if kind in ("mseloss", "mseloss_v2"):
         per_tok = diff.pow(2).sum(-1, dtype=torch.float32)  # (B, S)
     elif kind in ("l1loss", "l1loss_v2"):

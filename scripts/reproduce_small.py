@@ -19,6 +19,9 @@ tiny_bert           random-init student, CE + KL + hidden-state and attention-ma
 origin              random-init student, CE only (ordinary training)
 ==================  ===========================================================================
 
+A variant ``NAME:flag=value[:flag=value]`` runs a method with other loss / LRC flags, for ablations:
+``--methods lrc:aux_loss_scale_factor=0.02,lrc:aux_loss_type=nmse`` (its results live under that name).
+
 Each method is ONE run with a constant learning rate after a fixed warm-up, evaluated at every
 token budget of the ladder on the way (the result at budget B is the model after B training
 tokens). Evaluation on held-out text: perplexity, KL(teacher || student) at T = 1 and top-1
@@ -55,7 +58,43 @@ METHODS: dict[str, dict[str, Any]] = {
     "tiny_bert": {"model_cls": "tiny_bert"},
     "origin": {"model_cls": "origin"},
 }
-LRC_METHODS = ("lrc", "lrc_student_space", "lrc_no_clone")
+BASELINES = ("only_kd", "tiny_bert", "origin")
+_RUN_FLAGS = ("raw_model_name", "dataset_name", "output_dir", "target_hidden_size", "data_max_len", "batch_size",
+              "gradient_accumulation_steps", "learning_rate", "warmup_steps", "lr_scheduler", "max_steps",
+              "save_steps", "save_total_limit", "log_steps", "report_to", "seed", "resume", "bf16", "model_cls")
+"""Flags the comparison itself sets; a method variant may not change them (they must match across methods)."""
+
+
+def method_flags(spec: str) -> dict[str, Any]:
+    """hf_trainer flags of a method: a name from METHODS, or a variant ``NAME:flag=value[:flag=value]``
+    (e.g. ``lrc:aux_loss_scale_factor=0.02``) that overrides that method's loss / LRC flags."""
+    import hf_trainer
+
+    base, *extra = spec.split(":")
+    if base not in METHODS:
+        raise SystemExit(f"error: unknown method {base!r} in {spec!r}; known: {', '.join(METHODS)} "
+                         f"(a variant is NAME:flag=value, e.g. lrc:aux_loss_scale_factor=0.02)")
+    flags = dict(METHODS[base])
+    for kv in extra:
+        k, sep, v = kv.partition("=")
+        if not sep or not k or not v:
+            raise SystemExit(f"error: method {spec!r}: {kv!r} is not flag=value")
+        if k not in hf_trainer.FLAGS:
+            raise SystemExit(f"error: method {spec!r}: unknown hf_trainer flag --{k}")
+        if k in _RUN_FLAGS:
+            raise SystemExit(f"error: method {spec!r}: --{k} is set by the comparison for every method; "
+                             f"change it with a reproduce_small flag (another --out) instead")
+        flags[k] = v
+    return flags
+
+
+def is_lrc(spec: str) -> bool:
+    return METHODS[spec.split(":")[0]]["model_cls"] == "distill"
+
+
+def method_order(names) -> list[str]:
+    """The METHODS order, each followed by its variants (sorted)."""
+    return sorted(names, key=lambda m: (list(METHODS).index(m.split(":")[0]), m))
 
 
 @dataclass
@@ -190,12 +229,12 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
                      learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
                      lr_scheduler="constant_with_warmup", max_steps=steps, save_steps=steps, save_total_limit=1,
                      log_steps=max(1, steps // 8), report_to="none", seed=cfg.seed, resume="auto", bf16=cfg.bf16,
-                     **METHODS[method])
+                     **method_flags(method))
         t0 = time.time()
         trainer = hf_trainer.train(hf_trainer.parse_flags(flags))
         wall = time.time() - t0
         model = trainer.lrc_model
-        scored = model if method in LRC_METHODS else model.student
+        scored = model if is_lrc(method) else model.student
         r = evaluator(scored)
         hist = [h for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
         rt = [h for h in trainer.state.log_history if "train_runtime" in h]
@@ -244,30 +283,38 @@ def load_results(out: Path) -> tuple[dict[str, dict[int, dict]], dict | None]:
     return res, (json.loads(t.read_text()) if t.is_file() else None)
 
 
-def quality_verdict(res: dict[str, dict[int, dict]], teacher_ppl: float | None) -> str:
-    """The issue's goal: LRC at B beats every baseline at >= 10 B, for the smallest B within 2x of the teacher."""
-    lrc = res.get("lrc", {})
-    if not lrc or teacher_ppl is None:
-        return "no LRC result yet."
+def quality_verdict(res: dict[str, dict[int, dict]], teacher_ppl: float | None) -> list[str]:
+    """The issue's goal, one line per LRC method (the recipe ``lrc`` first, then the others and variants):
+    LRC at B beats every baseline at >= 10 B, for the smallest B within 2x of the teacher."""
+    lrc_methods = method_order(m for m in res if is_lrc(m))
+    if not lrc_methods or teacher_ppl is None:
+        return ["no LRC result yet."]
+    return [f"`{m}`: {_verdict_one(res, m, teacher_ppl)}" for m in lrc_methods]
+
+
+def _verdict_one(res: dict[str, dict[int, dict]], method: str, teacher_ppl: float) -> str:
+    lrc = res[method]
     within = [b for b in sorted(lrc) if lrc[b]["ppl"] <= 2 * teacher_ppl]
     lines = []
     if not within:
         best = min(lrc.values(), key=lambda r: r["ppl"])
-        lines.append(f"LRC does not come within 2x of the teacher's perplexity ({teacher_ppl:.1f}) at these budgets "
+        lines.append(f"does not come within 2x of the teacher's perplexity ({teacher_ppl:.1f}) at these budgets "
                      f"(best: {best['ppl']:.1f} at {best['tokens']:,} tokens), so the goal's budget B is not reached.")
     b0 = within[0] if within else None
     for b in sorted(lrc):
-        rivals = {m: r for m, rr in res.items() if m in ("only_kd", "tiny_bert", "origin")
-                  for bb, r in rr.items() if bb >= 10 * b}
+        rivals = {m: r for m, rr in res.items() if m in BASELINES for bb, r in rr.items() if bb >= 10 * b}
         if not rivals:
             continue
         best_m = min(rivals, key=lambda m: rivals[m]["ppl"])
         wins = lrc[b]["ppl"] < rivals[best_m]["ppl"]
         tag = " (the goal's B)" if b == b0 else ""
-        lines.append(f"LRC at {lrc[b]['tokens']:,} tokens{tag}: ppl {lrc[b]['ppl']:.1f} vs the best baseline at >= 10x "
+        lines.append(f"at {lrc[b]['tokens']:,} tokens{tag}: ppl {lrc[b]['ppl']:.1f} vs the best baseline at >= 10x "
                      f"the tokens, {best_m} at {rivals[best_m]['tokens']:,}: {rivals[best_m]['ppl']:.1f} -> "
                      f"{'LRC better' if wins else 'baseline better'}.")
-    return " ".join(lines) if lines else "no baseline result at 10x an LRC budget yet."
+    return " ".join(lines) if lines else "no baseline result at 10x its budgets yet."
+
+
+NOTES_MARKER = "<!-- notes: everything below this line is kept when the report is regenerated -->"
 
 
 def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
@@ -276,7 +323,7 @@ def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
         return
     docs.mkdir(parents=True, exist_ok=True)
     budgets = sorted({b for rr in res.values() for b in rr} | set(cfg.budget_list()))
-    methods = [m for m in METHODS if m in res]
+    methods = method_order(res)
     tp = teacher["ppl"] if teacher else None
     lines = [
         "# reproduce_small: LRC against its baselines at small scale",
@@ -308,9 +355,17 @@ def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
         secs = sum(r["segment_runtime_s"] for r in rs)
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {rs[-1]['trainable_parameters']:,} | "
                      f"{tokens / secs:.0f} |")
-    lines += ["", f"Goal check: {quality_verdict(res, tp)}", "",
+    lines += ["", "Goal check (LRC at B beats every baseline at >= 10 B, for the smallest B within 2x of the teacher):", ""]
+    lines += [f"- {v}" for v in quality_verdict(res, tp)]
+    lines += ["",
               "![held-out perplexity vs training tokens](reproduce_small.png)", ""]
-    (docs / "REPRODUCE_SMALL.md").write_text("\n".join(lines))
+    report = docs / "REPRODUCE_SMALL.md"
+    kept = report.read_text().partition(NOTES_MARKER) if report.is_file() else ("", "", "")
+    if kept[1]:  # hand-written analysis below the marker survives regeneration
+        lines += [NOTES_MARKER + kept[2].rstrip("\n"), ""]
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, report)
     _plot(res, tp, docs / "reproduce_small.png", cfg)
 
 
@@ -330,12 +385,10 @@ def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in METHODS:
-        if m not in res:
-            continue
+    for m in method_order(res):
         rs = sorted(res[m].values(), key=lambda r: r["tokens"])
         ax.plot([r["tokens"] for r in rs], [r["ppl"] for r in rs], marker="o",
-                linestyle="-" if m in LRC_METHODS else "--", label=m)
+                linestyle="-" if is_lrc(m) else "--", label=m)
     if teacher_ppl:
         ax.axhline(teacher_ppl, color="black", linestyle=":", label=f"teacher ({teacher_ppl:.1f})")
     ax.set_xscale("log")
@@ -369,9 +422,8 @@ def main(out: str = "runs/reproduce_small", docs: str = "docs", methods: str = "
     cfg.budgets = str(cfg.budgets)
     _defaults(cfg)
     chosen = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-    unknown = [m for m in chosen if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"error: unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    for m in chosen:
+        method_flags(m)  # refuses unknown methods and malformed variants before any work
     if cfg.budget_list() != sorted(set(cfg.budget_list())) or not cfg.budget_list():
         raise SystemExit(f"error: --budgets must be ascending, distinct token counts, got {cfg.budgets!r}")
     outp = Path(out)
@@ -401,7 +453,7 @@ def main(out: str = "runs/reproduce_small", docs: str = "docs", methods: str = "
     print(f"\nall done in {time.time() - t0:.0f}s; results in {outp / 'results'}"
           + (f"; report: {Path(docs) / 'REPRODUCE_SMALL.md'}" if docs else ""), flush=True)
     if t:
-        print(f"teacher ppl {t['ppl']:.2f}; {quality_verdict(res, t['ppl'])}")
+        print(f"teacher ppl {t['ppl']:.2f}\n" + "\n".join(quality_verdict(res, t["ppl"])))
 
 
 if __name__ == "__main__":

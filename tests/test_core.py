@@ -131,6 +131,8 @@ def _reference_losses(model: LRCModel, ids, attention_mask):
 
     def D(s, tt):
         diff = s - tt
+        if lrc.aux_loss_type == "nmse":  # relative squared error over the counted tokens
+            return (diff.pow(2).sum(-1) * vf).sum() / (tt.pow(2).sum(-1) * vf).sum()
         per_tok = diff.pow(2).sum(-1) if lrc.aux_loss_type.startswith("mse") else diff.abs().sum(-1)
         n = vf.sum()
         if lrc.aux_loss_type in ("mseloss", "l1loss"):
@@ -197,6 +199,8 @@ VARIANTS = [
     ("qwen3", True, False, "teacher", "sequence_sum", "mseloss", (2,), True),
     ("qwen3", True, True, "student", "token_mean", "mseloss", (), False),
     ("mistral", True, False, "student", "sequence_sum", "mseloss", (), False),
+    ("llama", True, False, "student", "sequence_sum", "nmse", (), False),
+    ("qwen2", True, False, "teacher", "token_mean", "nmse", (), True),
 ]
 
 

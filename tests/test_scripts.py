@@ -68,10 +68,14 @@ def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, cap
     # the run continued from the 64-token checkpoint: 2 steps, then 2 more (4 in all)
     state = json.loads((out / "runs" / "lrc" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
-    # a second run does nothing but report again
+    # a second run does nothing but report again, keeping the hand-written notes below the marker
+    with open(docs / "REPRODUCE_SMALL.md", "a") as f:
+        f.write("\n" + rs.NOTES_MARKER + "\n## Analysis\nhand-written text\n")
     capsys.readouterr()
     rs.main(**args)
     assert capsys.readouterr().out.count("done before") == 6
+    regenerated = (docs / "REPRODUCE_SMALL.md").read_text()
+    assert regenerated.count("hand-written text") == 1 and regenerated.count(rs.NOTES_MARKER) == 1
     # the ladder may be extended in place (fixed pool, constant schedule); a budget below a trained one may not
     rs.main(**{**args, "methods": "origin", "budgets": "64,128,192"})
     assert json.loads((out / "results" / "origin" / "192.json").read_text())["steps"] == 6
@@ -80,3 +84,53 @@ def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, cap
         rs.main(**{**args, "methods": "origin", "budgets": "32,192"})
     with pytest.raises(SystemExit, match="other settings"):
         rs.main(**{**args, "seq_len": 8})
+    # a method variant (NAME:flag=value) runs under its own name with its flags; bad ones fail up front
+    rs.main(**{**args, "methods": "lrc:aux_loss_type=nmse:aux_loss_scale_factor=0.5", "budgets": "64"})
+    var = out / "runs" / "lrc:aux_loss_type=nmse:aux_loss_scale_factor=0.5"
+    run_cfg = json.loads((var / "run_config.json").read_text())
+    assert run_cfg["lrc"]["aux_loss_type"] == "nmse" and run_cfg["lrc"]["aux_loss_scale_factor"] == 0.5
+    assert "| lrc:aux_loss_type=nmse:aux_loss_scale_factor=0.5 |" in (docs / "REPRODUCE_SMALL.md").read_text()
+    for bad, msg in (("lrc:learning_rate=1", "set by the comparison"), ("lrc:nonsense=1", "unknown hf_trainer flag"),
+                     ("lrc:aux_loss_type", "not flag=value"), ("lrx", "unknown method")):
+        with pytest.raises(SystemExit, match=msg):
+            rs.main(**{**args, "methods": bad})
+
+
+def test_grad_share_components_add_up(tiny_assets, tmp_path):
+    """Each clone-term pass computes exactly its term: the per-term gradients sum to the clone
+    gradient, and CE + KL + clone is the gradient of the full loss."""
+    import torch
+
+    import grad_share
+
+    out = tmp_path / "gs.json"
+    rep = grad_share.main(teacher=tiny_assets["teacher"], data=tiny_assets["train"], batches=2, batch_size=2, seq_len=16,
+                          target_hidden_size=32, aux_loss_scale_factor=0.5, json_out=str(out))
+    rows = json.loads(out.read_text())["components"]
+    assert rows == rep["components"] and set(rows) >= {"ce", "kl", "clone", "mlp-out-loss", "total"}
+    assert all(r["norm"] > 0 and -1 <= r["cos_total"] <= 1 + 1e-9 for r in rows.values())
+    assert rows["total"]["cos_total"] == pytest.approx(1.0) and rows["clone"]["share_of_total_norm"] < 1 + 1e-9
+    # a CE gradient reaches the embedding projection; the FFN-output clone term's reaches its down projection
+    assert rows["ce"]["sq_norm_fraction_by_kind"]["embed"] > 0
+    assert rows["mlp-out-loss"]["sq_norm_fraction_by_kind"]["down"] > 0
+    assert sum(rows["kl"]["sq_norm_fraction_by_kind"].values()) == pytest.approx(1.0)
+
+    from lrc.config import LRCConfig
+    from lrc.data import build_dataset, collate_batch
+    from lrc.model import LRCModel
+    from lrc.teacher import load_teacher, load_tokenizer
+
+    teacher = load_teacher(tiny_assets["teacher"], dtype=torch.float32)
+    lrc = LRCConfig(target_hidden_size=32, aux_loss_scale_factor=0.5)
+    torch.manual_seed(0)
+    model = LRCModel(teacher, lrc)
+    ds = build_dataset(tiny_assets["train"], 16, teacher.config.vocab_size, load_tokenizer(tiny_assets["teacher"]))
+    batches = [collate_batch([ds[0], ds[1]])]
+    terms = lrc.active_clone_terms()
+    g = grad_share.component_gradients(model, batches, lrc, terms)["grads"]
+    assert model.lrc_config == lrc  # restored
+    per_term = sum(g[t] for t in terms)
+    assert torch.allclose(per_term, g["clone"], rtol=1e-4, atol=1e-6 * g["clone"].abs().max())
+    model(**batches[0]).loss.backward()
+    full = grad_share._flat_grad(model, model.trainable_parameters())
+    assert torch.allclose(g["ce"] + g["kl"] + g["clone"], full, rtol=1e-4, atol=1e-5 * full.abs().max())
