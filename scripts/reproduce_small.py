@@ -308,7 +308,7 @@ def _verdict_one(res: dict[str, dict[int, dict]], method: str, teacher_ppl: floa
         best_m = min(rivals, key=lambda m: rivals[m]["ppl"])
         wins = lrc[b]["ppl"] < rivals[best_m]["ppl"]
         tag = " (the goal's B)" if b == b0 else ""
-        lines.append(f"at {lrc[b]['tokens']:,} tokens{tag}: ppl {lrc[b]['ppl']:.1f} vs the best baseline at >= 10x "
+        lines.append(f"At {lrc[b]['tokens']:,} tokens{tag}: ppl {lrc[b]['ppl']:.1f} vs the best baseline at >= 10x "
                      f"the tokens, {best_m} at {rivals[best_m]['tokens']:,}: {rivals[best_m]['ppl']:.1f} -> "
                      f"{'LRC better' if wins else 'baseline better'}.")
     return " ".join(lines) if lines else "no baseline result at 10x its budgets yet."
@@ -384,10 +384,12 @@ def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in method_order(res):
+    names = method_order(res)
+    fig, ax = plt.subplots(figsize=(7 + (3 if len(names) > 6 else 0), 4.5))
+    colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10").colors
+    for i, m in enumerate(names):
         rs = sorted(res[m].values(), key=lambda r: r["tokens"])
-        ax.plot([r["tokens"] for r in rs], [r["ppl"] for r in rs], marker="o",
+        ax.plot([r["tokens"] for r in rs], [r["ppl"] for r in rs], marker="o", color=colors[i % len(colors)],
                 linestyle="-" if is_lrc(m) else "--", label=m)
     if teacher_ppl:
         ax.axhline(teacher_ppl, color="black", linestyle=":", label=f"teacher ({teacher_ppl:.1f})")
@@ -397,7 +399,10 @@ def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
     ax.set_ylabel("held-out perplexity")
     ax.set_title(f"{Path(cfg.teacher).stem} -> d_s={cfg.target_hidden_size}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(names) > 6:  # many variants: legend beside the axes, not over the curves
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
