@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from .checkpoint import (WEIGHTS_NAME, CheckpointError, current_umask, infer_official_variant, list_checkpoints,
                          load_into_projections, load_lrc_checkpoint, official_to_ours)
@@ -308,7 +308,7 @@ def _reexport(src: Path, out: Path, export_arch: str, dtype: str | None) -> Path
     why = _llama_export_refusal(cfg)
     if why:
         raise ConversionError(f"--export_arch llama: {why}")
-    student = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, trust_remote_code=False)
+    student = load_teacher(str(src), dtype=torch.float32)  # the one safe loader (no remote code)
     target_dtype = _parse_dtype(dtype) if dtype else _config_dtype(cfg)
     llama = export_as_llama(student).to(target_dtype)
     meta = {"source_checkpoint": str(src.resolve()), "dtype": str(target_dtype).replace("torch.", ""),
@@ -316,7 +316,7 @@ def _reexport(src: Path, out: Path, export_arch: str, dtype: str | None) -> Path
     old = src / "lrc_conversion.json"
     if old.is_file():
         meta["conversion"] = json.loads(old.read_text())
-    _save_atomically(out, llama, AutoTokenizer.from_pretrained(src, trust_remote_code=False), meta)
+    _save_atomically(out, llama, load_tokenizer(str(src)), meta)
     log.info("wrote the %s export of %s to %s", export_arch, src, out)
     return out
 

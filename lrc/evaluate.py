@@ -155,6 +155,20 @@ def compare_with_teacher(model: nn.Module, dataset: Dataset, teacher_lp: list[Te
     return TeacherComparison(ce=ce / n, ppl=math.exp(min(ce / n, 700.0)), kl=kl / n, top1=agree / n, tokens=n)
 
 
+def model_heldout_perplexity(model: str, data: str, data_max_len: int = 1024, batch_size: int = 4,
+                             max_sequences: int | None = None, text_field: str = "text",
+                             device: str | torch.device | None = None) -> HeldoutResult:
+    """Load a model by path (a converted student directory, a teacher directory, or a teacher ``.gguf``)
+    in fp32 and score it on ``data`` (any format ``lrc.data.build_dataset`` reads, tokenized with the
+    model's own tokenizer)."""
+    from .data import build_dataset
+    from .teacher import load_teacher, load_tokenizer
+
+    lm = load_teacher(model, dtype=torch.float32, device=device)
+    ds = build_dataset(data, data_max_len, lm.config.vocab_size, load_tokenizer(model), text_field)
+    return heldout_perplexity(lm, ds, batch_size, max_sequences)
+
+
 def main(model: str, data: str, data_max_len: int = 1024, batch_size: int = 4, max_sequences: int = 0,
          text_field: str = "text") -> None:
     """``python -m lrc.evaluate --model DIR_OR_GGUF --data FILE``: held-out CE and perplexity of a model.
@@ -162,13 +176,7 @@ def main(model: str, data: str, data_max_len: int = 1024, batch_size: int = 4, m
     ``model``: a converted student directory, a teacher directory, or a teacher ``.gguf`` file;
     ``data``: any format ``lrc.data.build_dataset`` reads (tokenized with the model's tokenizer).
     """
-    from .data import build_dataset
-    from .teacher import load_teacher, load_tokenizer
-
-    lm = load_teacher(model, dtype=torch.float32)
-    tok = load_tokenizer(model)
-    ds = build_dataset(data, data_max_len, lm.config.vocab_size, tok, text_field)
-    r = heldout_perplexity(lm, ds, batch_size, max_sequences or None)
+    r = model_heldout_perplexity(model, data, data_max_len, batch_size, max_sequences or None, text_field)
     print(f"{model}: {r.tokens} predicted tokens of {data} (sequences of {data_max_len}): ce {r.ce:.4f}  ppl {r.ppl:.2f}")
 
 

@@ -21,6 +21,7 @@ the same evaluator as ``python -m lrc.evaluate`` and the benchmarks.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .checkpoint import WEIGHTS_NAME, list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,9 @@ class TaskSpec:
     """lm-eval task (or group) name."""
     metric: str
     """The metric reported in tables: ``acc`` or ``acc_norm`` (lm-eval computes both where defined)."""
-    batch_size: int
-    """Per-task batch size of the official ``scripts/eval.sh`` (32; 8 for the long-context tasks)."""
+    batch_size: int = 32
+    """Per-task batch size of the official ``scripts/eval.sh`` (32; 8 for the long-context tasks), also
+    used for tasks outside ``TASKS`` (custom or other lm-eval tasks)."""
 
 
 # Spec Part B §10: the official eval.sh runs these 12 tasks 0-shot, batch 32 except boolq / mmlu /
@@ -55,18 +59,18 @@ class TaskSpec:
 # ``truthfulqa`` of the official list is lm-eval's group of mc1 + mc2 + gen (generation, with BLEU /
 # ROUGE); we run its multiple-choice part ``truthfulqa_mc2`` (acc), the usual zero-shot number.
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("sciq", "acc_norm", 32),
-    TaskSpec("piqa", "acc_norm", 32),
-    TaskSpec("winogrande", "acc", 32),
-    TaskSpec("arc_easy", "acc_norm", 32),
-    TaskSpec("logiqa", "acc_norm", 32),
-    TaskSpec("arc_challenge", "acc_norm", 32),
-    TaskSpec("hellaswag", "acc_norm", 32),
+    TaskSpec("sciq", "acc_norm"),
+    TaskSpec("piqa", "acc_norm"),
+    TaskSpec("winogrande", "acc"),
+    TaskSpec("arc_easy", "acc_norm"),
+    TaskSpec("logiqa", "acc_norm"),
+    TaskSpec("arc_challenge", "acc_norm"),
+    TaskSpec("hellaswag", "acc_norm"),
     TaskSpec("boolq", "acc", 8),
     TaskSpec("mmlu", "acc", 8),
     TaskSpec("commonsense_qa", "acc", 8),
-    TaskSpec("openbookqa", "acc_norm", 32),
-    TaskSpec("truthfulqa_mc2", "acc", 32),
+    TaskSpec("openbookqa", "acc_norm"),
+    TaskSpec("truthfulqa_mc2", "acc"),
 ]}
 
 PAPER_TASKS: tuple[str, ...] = ("sciq", "piqa", "winogrande", "arc_easy", "logiqa", "arc_challenge", "boolq", "mmlu",
@@ -85,10 +89,6 @@ Empty on purpose: ``LRC_SPEC.md`` (this project's source for the paper) gives no
 numbers are never copied from memory. Pass ``--reference FILE.json`` (``{"task": 0.61, ...}``) to put
 any published or earlier results beside yours in ``results.md``.
 """
-
-DEFAULT_BATCH_SIZE = 32
-"""Batch size of tasks not in ``TASKS`` (custom or other lm-eval tasks)."""
-
 
 @dataclass
 class HarnessConfig:
@@ -178,7 +178,7 @@ def resolve_tasks(spec: str, include_path: str | None = None, lm_eval_names: set
 
 def task_spec(name: str, batch_size: int | None = None) -> TaskSpec:
     """The spec of a task; tasks outside ``TASKS`` report ``acc`` at the default batch size."""
-    t = TASKS.get(name, TaskSpec(name, "acc", DEFAULT_BATCH_SIZE))
+    t = TASKS.get(name, TaskSpec(name, "acc"))
     return TaskSpec(t.name, t.metric, batch_size or t.batch_size)
 
 
@@ -215,21 +215,24 @@ def check_model_dir(model: str) -> None:
     if p.is_file():
         raise HarnessError(f"--model {model!r} is a file: expected a converted student directory (config.json + weights)")
     if not (p / "config.json").is_file():
-        if (p / "lrc_weights.safetensors").is_file() or any(p.glob("checkpoint-*")):
+        ckpts = list_checkpoints(p)
+        if (p / WEIGHTS_NAME).is_file() or (ckpts and (ckpts[-1][1] / WEIGHTS_NAME).is_file()):
             raise HarnessError(
                 f"--model {model!r} is an LRC training checkpoint, not a model: convert it first with "
                 f"python convert_ckpt.py --ckpt-path {model} --save-path STUDENT_DIR")
+        if ckpts and (ckpts[-1][1] / "config.json").is_file():  # a baseline run stopped before its final save
+            raise HarnessError(f"--model {model!r} has no config.json; its latest checkpoint is a standard HF "
+                               f"model: pass --model {ckpts[-1][1]}")
         raise HarnessError(f"--model {model!r} has no config.json: expected a converted student directory")
 
 
 def run_lm_eval(cfg: HarnessConfig) -> dict[str, Any]:
     """Run every task (grouped by batch size); return lm-eval's merged ``results``/``configs``/... dicts."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    manager = TaskManager(include_path=cfg.include_path) if cfg.include_path else TaskManager()
+    manager = _task_manager(cfg.include_path)
     groups: dict[int, list[str]] = {}
     for t in cfg.tasks:
         groups.setdefault(task_spec(t, cfg.batch_size).batch_size, []).append(t)
@@ -325,28 +328,22 @@ def markdown_table(summary: dict[str, Any], reference_label: str = "paper") -> s
 
 def heldout(cfg: HarnessConfig) -> dict[str, Any]:
     """Held-out CE / perplexity of the model on ``cfg.heldout`` (``lrc.evaluate``)."""
-    import torch
+    from .evaluate import model_heldout_perplexity
 
-    from .data import build_dataset
-    from .evaluate import heldout_perplexity
-    from .teacher import load_teacher, load_tokenizer
-
-    device = resolve_device(cfg.device)
-    lm = load_teacher(cfg.model, dtype=torch.float32).to(device)
-    tok = load_tokenizer(cfg.model)
-    ds = build_dataset(cfg.heldout, cfg.heldout_max_len, lm.config.vocab_size, tok, "text")
-    r = heldout_perplexity(lm, ds)
+    r = model_heldout_perplexity(cfg.model, cfg.heldout, cfg.heldout_max_len, device=resolve_device(cfg.device))
     return {"data": cfg.heldout, "max_len": cfg.heldout_max_len, **asdict(r)}
 
 
 def evaluate(cfg: HarnessConfig) -> dict[str, Any]:
     """Run the configured evaluation and write results.json, results.md and lm_eval_results.json."""
     check_model_dir(cfg.model)
+    # held-out first: it is cheap, and a bad --heldout then fails before the benchmarks run, not after
+    held = heldout(cfg) if cfg.heldout else None
     t0 = time.time()
     raw = run_lm_eval(cfg)
     summary = summarize(cfg, raw, time.time() - t0)
-    if cfg.heldout:
-        summary["heldout"] = heldout(cfg)
+    if held is not None:
+        summary["heldout"] = held
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "lm_eval_results.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
@@ -403,11 +400,10 @@ def config_from_args(args: argparse.Namespace) -> HarnessConfig:
     tasks = args.tasks.strip()
     try:
         names = resolve_tasks(tasks, args.include_path)
-    except HarnessError:
-        if tasks in ("paper", "all"):
-            raise
+    except HarnessError:  # not in the LRC table: ask lm-eval which names it knows
         names = resolve_tasks(tasks, args.include_path, lm_eval_names=_lm_eval_task_names(args.include_path))
-        log.warning("tasks outside the LRC table report 'acc' at batch size %d: %s", DEFAULT_BATCH_SIZE,
+        log.warning("tasks outside the LRC table report 'acc' at batch size %d: %s",
+                    args.batch_size or TaskSpec.batch_size,
                     ", ".join(n for n in names if n not in TASKS))
     limit = args.limit
     if limit is not None and limit >= 1:
@@ -420,12 +416,17 @@ def config_from_args(args: argparse.Namespace) -> HarnessConfig:
                          heldout_max_len=args.heldout_max_len, seed=args.seed, backend=args.backend)
 
 
-def _lm_eval_task_names(include_path: str | None) -> set[str]:
-    """Every task / group / tag lm-eval knows (indexes its YAMLs: a few seconds)."""
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None):
+    """lm-eval's task index (building it reads every task YAML: about 5 s), built once per include path."""
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=include_path) if include_path else TaskManager()
-    return set(tm.all_tasks)
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
+def _lm_eval_task_names(include_path: str | None) -> set[str]:
+    """Every task / group / tag lm-eval knows."""
+    return set(_task_manager(include_path).all_tasks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,15 +289,6 @@ def expand_path(entry: str, fmt: str = "auto") -> list[tuple[str, str]]:
     return out
 
 
-def expand_inputs(inputs: str | list | tuple) -> list[tuple[str, list[str]]]:
-    """'a.parquet,dir/*.jsonl' -> [(source name, [files...]), ...] (one source per entry, files sorted)."""
-    entries = [str(e).strip() for e in (inputs.split(",") if isinstance(inputs, str) else inputs)]
-    entries = [e for e in entries if e]
-    if not entries:
-        raise DataError("--inputs: no input given")
-    return [(e, [f for f, _ in expand_path(e)]) for e in entries]
-
-
 def load_sources(spec: Any) -> list[dict]:
     """``--sources``: a .json / .yaml / .yml file, or an already parsed list (``[{path: ...}, ...]`` or
     ``{sources: [...]}``) -> list of source dicts (a bare string entry is ``{path: it}``)."""
@@ -997,7 +988,7 @@ def make_plan(inputs=None, tokenizer: str | None = None, output: str | None = No
         raise DataError(f"{output}: already exists (pass --overwrite to replace it)")
     budget = parse_count(budget, "--budget")
     try:
-        parse_filter(filter)
+        default_filter = parse_filter(filter)
     except DataError as e:
         raise DataError(f"--filter: {e}") from None
     srcs = resolve_sources(inputs, sources, text_field, filter, budget)
@@ -1018,7 +1009,7 @@ def make_plan(inputs=None, tokenizer: str | None = None, output: str | None = No
         "output": output, "overwrite": bool(overwrite), "executor": executor, "tasks": num_tasks,
         "workers": workers, "seq_len": data_max_len, "dtype": dtype, "seed": seed, "framing": framing,
         "sequences_per_shard": sequences_per_shard, "jsonl_export": bool(jsonl_export), "quiet": bool(quiet),
-        "defaults": {"text_field": text_field, "filter": parse_filter(filter).spec if filter else None,
+        "defaults": {"text_field": text_field, "filter": default_filter.spec if default_filter else None,
                      "budget_tokens": budget},
         "tokenizer": {"path": os.path.abspath(tok.path), "name": tok.name, "vocab_size": tok.vocab_size,
                       "bos_id": tok.bos_id, "eos_id": tok.eos_id},
@@ -1055,6 +1046,8 @@ def prepare(inputs=None, tokenizer: str | None = None, output: str | None = None
     ``time``, ``cpus_per_task``, ``mem_per_cpu_gb``, ``qos``, ``venv_path``, ``env_command``, ``condaenv``,
     ``sbatch_args``, ``max_concurrent``, ``job_name``) and returns the plan with the job ids.
     """
+    if slurm and executor != "slurm":  # before the plan: it loads the tokenizer and expands every glob
+        raise DataError("--slurm-* options need --executor slurm")
     t0 = time.time()
     plan, tok, files = make_plan(inputs, tokenizer, output, data_max_len, workers, seed, text_field, framing, filter,
                                  budget, jsonl_export, sequences_per_shard, overwrite, quiet, sources, tasks,
@@ -1062,8 +1055,6 @@ def prepare(inputs=None, tokenizer: str | None = None, output: str | None = None
     output = plan["output"]
     if executor == "slurm":
         return _submit_slurm(plan, tok, files, slurm or {})
-    if slurm:
-        raise DataError("--slurm-* options need --executor slurm")
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     work = f"{output}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)

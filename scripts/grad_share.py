@@ -31,16 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _flat_grad(model, params) -> "torch.Tensor":
+def _flat_grad(params) -> "torch.Tensor":
     import torch
 
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
 
 
 def component_gradients(model, batches: list[dict], base, clone_terms: tuple[str, ...]) -> dict[str, Any]:
-    """{component: flat fp32 gradient (mean over batches)} for ce, kl, clone and each clone term."""
-    import torch
-
+    """{component: flat fp32 gradient (mean over batches)} for ce, kl, clone and each clone term, and
+    {component: its loss (mean over batches)}."""
     params = model.trainable_parameters()
     only = {
         "ce": dict(use_ntp_loss=True, use_logits_loss=False, use_aux_loss=False),
@@ -54,16 +53,17 @@ def component_gradients(model, batches: list[dict], base, clone_terms: tuple[str
     try:
         for name, change in only.items():
             model.lrc_config = dataclasses.replace(base, **change)
-            acc = None
+            acc, loss = None, 0.0
             for b in batches:
                 for p in params:
                     p.grad = None
                 out = model(**b)
                 out.loss.backward()
-                g = _flat_grad(model, params)
+                g = _flat_grad(params)
                 acc = g if acc is None else acc.add_(g)
+                loss += float(out.loss.detach())
             grads[name] = acc / len(batches)
-            values[name] = float(out.loss.detach())
+            values[name] = loss / len(batches)
             print(f"  {name:>18}: loss {values[name]:.4g}  |grad| {grads[name].norm():.4g}", flush=True)
     finally:
         model.lrc_config = base
@@ -127,8 +127,8 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
                                     **lrc_flags})
     lrc = hf_trainer.lrc_config_from_flags(flags)
     if ckpt is not None:  # the checkpoint's LRC config, with the LRC flags given here on top
-        fields = {"str_ban_losses": "ban_losses"}
-        given = {fields.get(k, k) for k in flags["_given"]} & {f.name for f in dataclasses.fields(lrc)}
+        field_of_flag = {"str_ban_losses": "ban_losses"}  # the one LRC flag named unlike its field
+        given = {field_of_flag.get(k, k) for k in flags["_given"]} & {f.name for f in dataclasses.fields(lrc)}
         lrc = dataclasses.replace(ckpt.lrc, **{k: getattr(lrc, k) for k in given})
     t = load_teacher(teacher, dtype=torch.float32)
     model = LRCModel(t, lrc)
@@ -139,7 +139,6 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[: batches * batch_size].tolist()
     data_batches = [collate_batch([ds[i] for i in idx[k * batch_size:(k + 1) * batch_size]]) for k in range(batches)]
-    data_batches = [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "labels")} for b in data_batches]
     terms = lrc.active_clone_terms()
     print(f"gradients of {len(terms) + 3} components over {batches} batch(es) of {batch_size} x {seq_len} "
           f"({'checkpoint ' + str(ckpt.path) if ckpt else 'initialisation'}; alpha {lrc.aux_loss_scale_factor}, "

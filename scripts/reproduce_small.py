@@ -59,10 +59,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "origin": {"model_cls": "origin"},
 }
 BASELINES = ("only_kd", "tiny_bert", "origin")
-_RUN_FLAGS = ("raw_model_name", "dataset_name", "output_dir", "target_hidden_size", "data_max_len", "batch_size",
-              "gradient_accumulation_steps", "learning_rate", "warmup_steps", "lr_scheduler", "max_steps",
-              "save_steps", "save_total_limit", "log_steps", "report_to", "seed", "resume", "bf16", "model_cls")
-"""Flags the comparison itself sets; a method variant may not change them (they must match across methods)."""
 
 
 def method_flags(spec: str) -> dict[str, Any]:
@@ -81,7 +77,7 @@ def method_flags(spec: str) -> dict[str, Any]:
             raise SystemExit(f"error: method {spec!r}: {kv!r} is not flag=value")
         if k not in hf_trainer.FLAGS:
             raise SystemExit(f"error: method {spec!r}: unknown hf_trainer flag --{k}")
-        if k in _RUN_FLAGS:
+        if k == "model_cls" or k in run_flags(ReproConfig(), "", "", Path(), 1):  # the same for every method
             raise SystemExit(f"error: method {spec!r}: --{k} is set by the comparison for every method; "
                              f"change it with a reproduce_small flag (another --out) instead")
         flags[k] = v
@@ -207,6 +203,16 @@ def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- runs
+def run_flags(cfg: ReproConfig, teacher: str, train_file: str, run_dir: Path, steps: int) -> dict[str, Any]:
+    """The hf_trainer flags the comparison sets identically for every method (a variant may not change them)."""
+    return dict(raw_model_name=teacher, dataset_name=train_file, output_dir=str(run_dir),
+                target_hidden_size=cfg.target_hidden_size, data_max_len=cfg.seq_len,
+                batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+                lr_scheduler="constant_with_warmup", max_steps=steps, save_steps=steps, save_total_limit=1,
+                log_steps=max(1, steps // 8), report_to="none", seed=cfg.seed, resume="auto", bf16=cfg.bf16)
+
+
 def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_file: str, evaluator) -> None:
     import hf_trainer
 
@@ -223,13 +229,7 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
             raise SystemExit(f"error: {method} has trained past {steps} steps ({done}); a budget below it cannot be "
                              f"evaluated any more: use another --out for it")
         print(f"\n=== {method}: training to {steps} steps ({steps * cfg.tokens_per_step():,} tokens) ===", flush=True)
-        flags = dict(raw_model_name=teacher, dataset_name=train_file, output_dir=str(run_dir),
-                     target_hidden_size=cfg.target_hidden_size, data_max_len=cfg.seq_len,
-                     batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                     learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-                     lr_scheduler="constant_with_warmup", max_steps=steps, save_steps=steps, save_total_limit=1,
-                     log_steps=max(1, steps // 8), report_to="none", seed=cfg.seed, resume="auto", bf16=cfg.bf16,
-                     **method_flags(method))
+        flags = {**run_flags(cfg, teacher, train_file, run_dir, steps), **method_flags(method)}
         t0 = time.time()
         trainer = hf_trainer.train(hf_trainer.parse_flags(flags))
         wall = time.time() - t0

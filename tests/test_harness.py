@@ -103,9 +103,21 @@ def test_task_lists_and_metrics(tmp_path):
     assert "| arc_easy | acc_norm | 50.00 | 1.00 | – |" in md and "gives no per-task numbers" in md
 
 
-def test_harness_refuses_an_lrc_checkpoint(tmp_path):
+def test_harness_refuses_an_lrc_checkpoint(tmp_path, capsys):
     from lrc.harness import main
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "lrc_weights.safetensors").write_bytes(b"")
     assert main(["--model", str(tmp_path / "run"), "--tasks", "sciq"]) == 2
+    assert "convert it first with python convert_ckpt.py" in capsys.readouterr().err
+    # a run directory holding only checkpoint-N/ folders: LRC ones need conversion, a baseline's is a model
+    (tmp_path / "run" / "lrc_weights.safetensors").unlink()
+    ck = tmp_path / "run" / "checkpoint-4"
+    ck.mkdir()
+    (ck / "lrc_weights.safetensors").write_bytes(b"")
+    assert main(["--model", str(tmp_path / "run"), "--tasks", "sciq"]) == 2
+    assert "convert it first" in capsys.readouterr().err
+    (ck / "lrc_weights.safetensors").unlink()
+    (ck / "config.json").write_text("{}")
+    assert main(["--model", str(tmp_path / "run"), "--tasks", "sciq"]) == 2
+    assert f"pass --model {ck}" in capsys.readouterr().err

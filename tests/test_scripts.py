@@ -132,5 +132,5 @@ def test_grad_share_components_add_up(tiny_assets, tmp_path):
     per_term = sum(g[t] for t in terms)
     assert torch.allclose(per_term, g["clone"], rtol=1e-4, atol=1e-6 * g["clone"].abs().max())
     model(**batches[0]).loss.backward()
-    full = grad_share._flat_grad(model, model.trainable_parameters())
+    full = grad_share._flat_grad(model.trainable_parameters())
     assert torch.allclose(g["ce"] + g["kl"] + g["clone"], full, rtol=1e-4, atol=1e-5 * full.abs().max())
