@@ -411,7 +411,7 @@ class TokenizerSpec:
     """What the tasks need of the tokenizer, picklable: the tokenizers JSON, BOS/EOS, vocabulary size and the chat
     template (a string; ``hf()`` rebuilds an HF tokenizer from these for ``apply_chat_template``)."""
 
-    def __init__(self, path: str, chat: bool = False) -> None:
+    def __init__(self, path: str) -> None:
         self.path = os.fspath(path)
         try:
             tok = _load_hf_tokenizer(self.path)
@@ -430,8 +430,7 @@ class TokenizerSpec:
         self.eos_token = tok.eos_token if self.eos_id is not None else None
         self.vocab_size = len(tok)
         self.name = getattr(tok, "name_or_path", "") or self.path
-        self.has_chat_template = bool(getattr(tok, "chat_template", None))
-        self.chat_template = tok.chat_template if chat and self.has_chat_template else None
+        self.chat_template: str | None = getattr(tok, "chat_template", None) or None
         self._hf = None
 
     def __getstate__(self) -> dict:
@@ -443,7 +442,7 @@ class TokenizerSpec:
         return Tokenizer.from_str(self.json)
 
     def hf(self):
-        """An HF tokenizer with the teacher's vocabulary, special tokens and chat template (built with ``chat=True``)."""
+        """An HF tokenizer with the teacher's vocabulary, special tokens and chat template."""
         if self._hf is None:
             from transformers import PreTrainedTokenizerFast
 
@@ -993,12 +992,12 @@ def make_plan(inputs=None, tokenizer: str | None = None, output: str | None = No
         raise DataError(f"--filter: {e}") from None
     srcs = resolve_sources(inputs, sources, text_field, filter, budget)
     chat = [s["name"] for s in srcs if s["chat"]]
-    tok = TokenizerSpec(tokenizer, chat=bool(chat))
-    if chat and not tok.has_chat_template:
+    tok = TokenizerSpec(tokenizer)
+    if chat and not tok.chat_template:
         raise DataError(f"{tokenizer}: the tokenizer has no chat template, needed to render the conversations of "
                         f"{', '.join(chat)} (give the teacher's tokenizer, or a text field instead of chat)")
     dtype = "uint16" if tok.vocab_size <= 65536 else "uint32"
-    files = [(j, f, fmt) for j, s in enumerate(srcs) for f, fmt in s["files"]]
+    files = plan_files(srcs)
     if tasks is None:
         tasks = workers if executor == "local" else len(files)
     num_tasks = min(tasks, len(files))  # never a task without a file
@@ -1015,13 +1014,19 @@ def make_plan(inputs=None, tokenizer: str | None = None, output: str | None = No
                       "bos_id": tok.bos_id, "eos_id": tok.eos_id},
         "sources": [dict(s, files=[list(f) for f in s["files"]]) for s in srcs],
     }
-    return plan, tok, files
+    return plan, tok
 
 
-def build_pipeline(plan: dict, tok: TokenizerSpec, files: list, work: str, progress: bool = True) -> list:
+def plan_files(sources: list[dict]) -> list[tuple[int, str, str]]:
+    """Every input file of the plan in source order: ``[(source index, path, format), ...]``."""
+    return [(j, f, fmt) for j, s in enumerate(sources) for f, fmt in s["files"]]
+
+
+def build_pipeline(plan: dict, tok: TokenizerSpec, work: str, progress: bool = True) -> list:
     stop: set = set()
     return [
-        SourceReader(files, plan["sources"], work, stop, tok=tok, framing=plan["framing"], progress=progress),
+        SourceReader(plan_files(plan["sources"]), plan["sources"], work, stop, tok=tok, framing=plan["framing"],
+                     progress=progress),
         TokenFileWriter(tok, plan["framing"], plan["dtype"], work,
                         [s["budget_tokens"] if s["budget_sample"] == "first" else None for s in plan["sources"]], stop),
     ]
@@ -1049,12 +1054,12 @@ def prepare(inputs=None, tokenizer: str | None = None, output: str | None = None
     if slurm and executor != "slurm":  # before the plan: it loads the tokenizer and expands every glob
         raise DataError("--slurm-* options need --executor slurm")
     t0 = time.time()
-    plan, tok, files = make_plan(inputs, tokenizer, output, data_max_len, workers, seed, text_field, framing, filter,
+    plan, tok = make_plan(inputs, tokenizer, output, data_max_len, workers, seed, text_field, framing, filter,
                                  budget, jsonl_export, sequences_per_shard, overwrite, quiet, sources, tasks,
                                  executor)
     output = plan["output"]
     if executor == "slurm":
-        return _submit_slurm(plan, tok, files, slurm or {})
+        return _submit_slurm(plan, tok, slurm or {})
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     work = f"{output}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
@@ -1065,7 +1070,7 @@ def prepare(inputs=None, tokenizer: str | None = None, output: str | None = None
         from datatrove.executor import LocalPipelineExecutor
 
         _quiet_datatrove_logs()
-        pipeline = build_pipeline(plan, tok, files, work, progress=progress and not quiet)
+        pipeline = build_pipeline(plan, tok, work, progress=progress and not quiet)
         ex = LocalPipelineExecutor(pipeline, tasks=plan["tasks"], workers=min(workers, plan["tasks"]),
                                    logging_dir=os.path.join(work, "logs"), skip_completed=False)
         t_tok = time.time()
@@ -1156,7 +1161,7 @@ def finalize(work: str, tokenize_seconds: float | None = None) -> dict:
     return manifest
 
 
-def _submit_slurm(plan: dict, tok: TokenizerSpec, files: list, opts: dict) -> dict:
+def _submit_slurm(plan: dict, tok: TokenizerSpec, opts: dict) -> dict:
     """Submit the tokenize job array and the merge job (afterok) with datatrove's SlurmPipelineExecutor."""
     from datatrove.executor import SlurmPipelineExecutor
 
@@ -1188,7 +1193,7 @@ def _submit_slurm(plan: dict, tok: TokenizerSpec, files: list, opts: dict) -> di
     name = opts.get("job_name") or f"lrc-prepare-{os.path.basename(output)}"
     common = {k: opts[k] for k in ("qos", "venv_path", "env_command", "condaenv") if k in opts}
     tok_ex = SlurmPipelineExecutor(
-        build_pipeline(plan, tok, files, work, progress=False), tasks=plan["tasks"], time=opts.get("time", "24:00:00"),
+        build_pipeline(plan, tok, work, progress=False), tasks=plan["tasks"], time=opts.get("time", "24:00:00"),
         partition=opts["partition"], cpus_per_task=int(opts.get("cpus_per_task", 1)),
         mem_per_cpu_gb=int(opts.get("mem_per_cpu_gb", 2)), workers=int(opts.get("max_concurrent", -1)),
         job_name=f"{name}-tokenize", logging_dir=os.path.join(logs, "tokenize"),

@@ -50,6 +50,8 @@ def component_gradients(model, batches: list[dict], base, clone_terms: tuple[str
         only[t] = dict(use_ntp_loss=False, use_logits_loss=False, use_aux_loss=True,
                        ban_losses=tuple(x for x in clone_terms if x != t) + tuple(base.ban_losses))
     grads, values = {}, {}
+    # One forward per component: the fused head returns CE + KL as one autograd node, and the clone
+    # terms are summed inside the model, so a component's gradient needs its own loss configuration.
     try:
         for name, change in only.items():
             model.lrc_config = dataclasses.replace(base, **change)
