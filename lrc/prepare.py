@@ -1055,8 +1055,7 @@ def prepare(inputs=None, tokenizer: str | None = None, output: str | None = None
         raise DataError("--slurm-* options need --executor slurm")
     t0 = time.time()
     plan, tok = make_plan(inputs, tokenizer, output, data_max_len, workers, seed, text_field, framing, filter,
-                                 budget, jsonl_export, sequences_per_shard, overwrite, quiet, sources, tasks,
-                                 executor)
+                          budget, jsonl_export, sequences_per_shard, overwrite, quiet, sources, tasks, executor)
     output = plan["output"]
     if executor == "slurm":
         return _submit_slurm(plan, tok, slurm or {})

@@ -3,7 +3,7 @@
 
     python scripts/grad_share.py --teacher runs/reproduce_small/teacher_hf \
         --data runs/reproduce_small/train.jsonl --checkpoint runs/reproduce_small/runs/lrc \
-        --target_hidden_size 288 --aux_loss_scale_factor 0.2 --json grad_share.json
+        --json_out grad_share.json
 
 For one batch (or the mean over ``--batches``), it computes the gradient of the trainable LRC
 parameters (projections + student gains) of each loss component on its own: the CE, the KL, the
@@ -13,9 +13,9 @@ with the total and with the CE + KL gradient (the language-modelling signal). A 
 a large norm and a cosine near 0 with CE + KL means the update mostly serves the clone terms.
 
 ``--checkpoint`` (an LRC run directory, ``checkpoint-N`` directory or ``lrc_weights.safetensors``)
-takes the projections from a run; without it they are the N(0, 0.02^2) initialisation. The LRC flags
-(``--aux_loss_type``, ``--aux_loss_scale_factor``, ``--attn_out_space``, ...) are hf_trainer's; with
-a checkpoint they default to the ones stored in it.
+takes the projections from a run; without it they are the N(0, 0.02^2) initialisation and
+``--target_hidden_size`` is required. The LRC flags (``--aux_loss_type``, ``--aux_loss_scale_factor``,
+``--attn_out_space``, ...) are hf_trainer's; with a checkpoint they default to the ones stored in it.
 """
 
 from __future__ import annotations
@@ -125,8 +125,10 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
     ckpt = load_lrc_checkpoint(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.official:
         raise SystemExit(f"error: {checkpoint} is an official-code checkpoint; convert its names first")
-    flags = hf_trainer.parse_flags({"raw_model_name": teacher, "dataset_name": data, "output_dir": "unused",
-                                    **lrc_flags})
+    base = {"raw_model_name": teacher, "dataset_name": data, "output_dir": "unused"}
+    if ckpt is not None:  # the one required LRC flag: the checkpoint knows it
+        base["target_hidden_size"] = ckpt.lrc.target_hidden_size
+    flags = hf_trainer.parse_flags({**base, **lrc_flags})
     lrc = hf_trainer.lrc_config_from_flags(flags)
     if ckpt is not None:  # the checkpoint's LRC config, with the LRC flags given here on top
         field_of_flag = {"str_ban_losses": "ban_losses"}  # the one LRC flag named unlike its field
@@ -165,11 +167,13 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
 
 
 def cli(**kwargs: Any) -> None:
-    main(**kwargs)  # fire would print the returned report
+    main(**kwargs)  # not main itself: fire would print the returned report
 
 
 if __name__ == "__main__":
     import fire
 
+    from lrc.cli_errors import run_cli
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fire.Fire(cli)
+    sys.exit(run_cli(lambda: fire.Fire(cli)))

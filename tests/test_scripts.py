@@ -134,3 +134,14 @@ def test_grad_share_components_add_up(tiny_assets, tmp_path):
     model(**batches[0]).loss.backward()
     full = grad_share._flat_grad(model.trainable_parameters())
     assert torch.allclose(g["ce"] + g["kl"] + g["clone"], full, rtol=1e-4, atol=1e-5 * full.abs().max())
+
+    # from a checkpoint: its LRC config (d_s included) is the default, flags given on the command line win
+    from lrc.checkpoint import TeacherRef, save_lrc_checkpoint
+    from lrc.teacher import teacher_fingerprint
+
+    ref = TeacherRef(tiny_assets["teacher"], teacher_fingerprint(teacher.config), teacher.config.model_type)
+    save_lrc_checkpoint(tmp_path / "run", model.projections, lrc, ref)
+    rep = grad_share.main(teacher=tiny_assets["teacher"], data=tiny_assets["train"], checkpoint=str(tmp_path / "run"),
+                          batch_size=2, seq_len=16, aux_loss_type="nmse")
+    assert (rep["lrc"]["target_hidden_size"], rep["lrc"]["aux_loss_scale_factor"], rep["lrc"]["aux_loss_type"]) == (
+        32, 0.5, "nmse")
