@@ -21,8 +21,8 @@ import sys
 
 import fire
 
-from lrc.cli_errors import run_cli
-from lrc.convert import convert_checkpoint
+from lrc.errors import run_cli
+from lrc.convert import ConversionError, convert_checkpoint
 
 _IGNORED_OFFICIAL = ("tie_n", "use_aux_loss", "use_std_like_attn", "check_data_cls_loss", "gpus")
 
@@ -40,6 +40,7 @@ def main(
     dtype: str | None = None,
     overwrite: bool = False,
     export_arch: str | None = None,
+    tokenizer: str | None = None,
     **official_unused,
 ) -> None:
     """Convert an LRC checkpoint.
@@ -57,15 +58,17 @@ def main(
         dtype: output dtype (float32 | bfloat16 | float16); default: the teacher's.
         overwrite: replace a non-empty --save-path.
         export_arch: "llama": write a Qwen2-family student as an equivalent Llama checkpoint.
+        tokenizer: the student's tokenizer (default: the teacher's; a teacher without one gives a
+            student without one, with a warning).
     """
     for k in official_unused:
         if k.replace("-", "_") not in _IGNORED_OFFICIAL:
-            raise SystemExit(f"error: unknown flag --{k.replace('_', '-')}")
+            raise ConversionError(f"unknown flag --{k.replace('_', '-')}")
         logging.warning("--%s is irrelevant to conversion and is ignored", k.replace("_", "-"))
     flags = dict(target_hidden_size=target_hidden_size, use_all_attn=use_all_attn, use_in_out_mlp=use_in_out_mlp,
                  tie_word_emb_proj=tie_word_emb_proj, target_rms_norm_eps=target_rms_norm_eps, del_layers=del_layers)
     out = convert_checkpoint(ckpt_path, save_path, raw_model_name=raw_model_name, flags=flags, dtype=dtype,
-                             overwrite=overwrite, export_arch=export_arch)
+                             overwrite=overwrite, export_arch=export_arch, tokenizer=tokenizer)
     print(f"converted student written to {out}\n"
           f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r})")
 

@@ -22,9 +22,10 @@ the final weights (``lrc_weights.safetensors`` + ``lrc_config.json``) at its roo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -68,6 +69,7 @@ FLAGS: dict[str, Flag] = {
                                 "attention)"),
     "data_max_len": Flag(1024, "int", "sequence length S (packed lines are cut to it, shorter ones padded + masked)"),
     "text_field": Flag("text", "str", "field holding the text in a text jsonl"),
+    "tokenizer": Flag(None, "str", "tokenizer for text data, when the teacher has none (default: the teacher's)"),
     "eval_dataset": Flag(None, "str", "held-out data (same formats): logs eval_ce / eval_ppl of the student"),
     "eval_steps": Flag(None, "int", "evaluate every N steps (default: --save_steps)"),
     "eval_max_sequences": Flag(0, "int", "evaluate on the first N held-out sequences only (0: all)"),
@@ -116,8 +118,10 @@ FLAGS: dict[str, Flag] = {
     "log_steps": Flag(100, "int", "log every N optimizer steps (loss, ce, kl, clone, each term, L{i}-{term})"),
     "save_steps": Flag(20000, "int", "checkpoint every N steps"),
     "save_total_limit": Flag(10, "int", "keep the N newest checkpoint-N directories (0: all)"),
-    "resume": Flag(None, "str", "resume from a checkpoint-N directory, or auto = the latest in --output_dir "
-                   "(a fresh start if there is none)"),
+    "resume": Flag(None, "str", "resume from a checkpoint-N directory, or auto = the newest complete one in "
+                   "--output_dir (an empty or new --output_dir: a fresh start; a finished run: nothing to do)"),
+    "allow_changed": Flag("", "list", "on resume, apply these changed flags instead of refusing them, e.g. "
+                          "learning_rate,batch_size (the ones compared: docs/TRAINING.md, What a run guarantees)"),
     "resume_checkpoint": Flag(None, "str", "alias of --resume (official name)"),
     "load_model_weight_path": Flag(None, "str", "warm start: load projections (ours or official model.safetensors), "
                                    "fresh optimizer"),
@@ -279,6 +283,15 @@ def _validate(cfg: dict[str, Any]) -> None:
               "save_steps", "num_epochs", "logits_chunk_tokens"):
         if cfg[k] is None or cfg[k] < 1:
             raise FlagError(f"--{k} must be a positive integer, got {cfg[k]!r}")
+    if cfg["data_max_len"] < 2:
+        raise FlagError(f"--data_max_len must be at least 2 (one token to read, one to predict), got {cfg['data_max_len']}")
+    from lrc.resume import CHECKED_FLAGS
+
+    allowed = [a for a in cfg["allow_changed"].split(",") if a]
+    unknown = [a for a in allowed if a not in CHECKED_FLAGS]
+    if unknown:
+        raise FlagError(f"--allow_changed {','.join(unknown)}: not a flag a resume compares; those are "
+                        f"{', '.join(CHECKED_FLAGS)}")
     if cfg["max_steps"] == 0 or cfg["max_steps"] < -1:
         raise FlagError(f"--max_steps must be > 0, or -1 for --num_epochs passes, got {cfg['max_steps']}")
     if not 0 <= cfg["warmup_ratio"] < 1:
@@ -384,42 +397,6 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- output dir
-def prepare_output_dir(cfg: dict[str, Any]) -> str | None:
-    """Check / clean ``--output_dir`` and resolve ``--resume``; returns the checkpoint to resume from."""
-    from lrc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
-    from lrc.trainer import STAGING_DIR, is_complete_checkpoint, latest_checkpoint, list_checkpoints
-
-    out = Path(cfg["output_dir"])
-    if out.exists() and not out.is_dir():
-        raise FlagError(f"--output_dir {str(out)!r} exists and is not a directory")
-    from lrc.baselines import BASELINE_CONFIG_NAME, MAPS_NAME
-
-    finals = (WEIGHTS_NAME, CONFIG_NAME, "model.safetensors", BASELINE_CONFIG_NAME, MAPS_NAME)
-    previous = [p for _, p in list_checkpoints(out)] + [out / f for f in finals if (out / f).exists()]
-    resume = cfg["resume"]
-    if resume == "auto":
-        found = latest_checkpoint(out)
-        if found is None:
-            say(f"--resume auto: no complete checkpoint-N in {out}; starting from scratch")
-        resume = str(found) if found else None
-    elif resume:
-        if not Path(resume).is_dir() or not is_complete_checkpoint(resume):
-            raise CheckpointError(f"--resume {resume!r} is not a complete checkpoint-N directory "
-                                  f"(it needs lrc_weights.safetensors, or a baseline's model.safetensors, and "
-                                  f"trainer_state.json)")
-    if previous and resume is None and cfg["resume"] is None:
-        if not cfg["overwrite_output_dir"]:
-            raise FlagError(f"--output_dir {str(out)!r} already holds a run ({previous[0].name}, ...): pass "
-                            f"--resume auto to continue it, or --overwrite_output_dir to start over")
-        if _is_main():
-            for p in previous:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    if _is_main() and (out / STAGING_DIR).exists():
-        shutil.rmtree(out / STAGING_DIR, ignore_errors=True)  # half-written checkpoints of a killed run
-    return resume
-
-
 # ---------------------------------------------------------------------------------------------- training
 def _report_env(cfg: dict[str, Any]) -> None:
     out = str(Path(cfg["output_dir"]).resolve())
@@ -501,86 +478,169 @@ def _check_parallelism(args) -> None:
                         "modules' forward); use DDP or DeepSpeed ZeRO-2")
 
 
+def _open_run_dir(cfg: dict[str, Any], args, teacher_path: str, stack: contextlib.ExitStack):
+    """Main process: claim --output_dir (writable, locked) and decide what the run does there (lrc.resume)."""
+    from lrc.checkpoint import TeacherRef
+    from lrc.resume import plan_resume, run_record
+    from lrc.run_dir import RunLock, check_output_dir
+    from lrc.teacher import load_teacher_config, teacher_fingerprint, weights_fingerprint
+
+    out = Path(cfg["output_dir"]).resolve()
+    free = check_output_dir(out)
+    lock = stack.enter_context(RunLock(out))
+    if lock.stale_holder is not None:
+        warn(f"{lock.path}: the run that held it ({lock.stale_holder.describe()}) ended without releasing it "
+             f"(killed?); this run takes it over")
+    say(f"output dir {out}: locked by this run, {free / 2**30:.1f} GiB free")
+    tcfg = load_teacher_config(teacher_path)
+    lrc = lrc_config_from_flags(cfg)
+    lrc.validate(tcfg)
+    ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type, weights_fingerprint(teacher_path))
+    record = run_record(cfg, args.world_size, ref, lrc.to_dict())
+    allowed = {a for a in cfg["allow_changed"].split(",") if a}
+    return plan_resume(out, cfg["resume"], cfg["overwrite_output_dir"], record, allowed)
+
+
+def _check_free_space(out: Path, model, deepspeed: bool) -> None:
+    """Warn when --output_dir cannot hold two more checkpoints (fp32 weights + AdamW's two moments)."""
+    n = sum(p.numel() for p in model.trainable_parameters())
+    need = 12 * n + (sum(p.numel() * p.element_size() for p in model.teacher.parameters()) if deepspeed else 0)
+    free = shutil.disk_usage(out).free
+    if free < 2 * need:
+        warn(f"--output_dir {out} has {free / 2**30:.1f} GiB free; a checkpoint takes about {need / 2**30:.1f} GiB")
+
+
 def train(cfg: dict[str, Any], trainer_cls=None):
-    """Build everything from parsed flags and train. Returns the trainer (after the final save)."""
+    """Build everything from parsed flags and train.
+
+    Returns the trainer after the final outputs are written, or None when there was nothing to train (a
+    finished run resumed). Raises ``lrc.preemption.Preempted`` (exit 75) after a SIGTERM/SIGINT stop.
+    """
     import torch
     from transformers import set_seed
 
-    from lrc.checkpoint import TeacherRef, load_into_projections, load_lrc_checkpoint, official_to_ours
+    from lrc.checkpoint import CheckpointError, TeacherRef, load_into_projections, load_lrc_checkpoint, official_to_ours
     from lrc.data import build_dataset
+    from lrc.errors import InterruptedRun
     from lrc.model import LRCModel
-    from lrc.teacher import load_teacher, load_teacher_config, load_tokenizer, teacher_fingerprint
+    from lrc.preemption import GracefulStop, Preempted, StopOnSignal
+    from lrc.run_dir import (RUN_RECORD_NAME, clear_previous_run, clear_staging, decided_on_main, unpickler_refusal,
+                             weights_only_loads, write_final_outputs, write_json_atomic)
+    from lrc.teacher import find_tokenizer, load_teacher, load_teacher_config
     from lrc.trainer import BaselineTrainer, LRCTrainer
 
     baseline = cfg["model_cls"] != "distill"
     trainer_cls = trainer_cls or (BaselineTrainer if baseline else LRCTrainer)
     cuda = torch.cuda.is_available()
-    resume = prepare_output_dir(cfg)
     _report_env(cfg)
-    args = build_training_args(cfg, cuda)
+    args = build_training_args(cfg, cuda)  # under `accelerate launch` this initialises torch.distributed
     _check_parallelism(args)
+    main = args.process_index == 0
     out = Path(cfg["output_dir"]).resolve()
-
     raw = cfg["raw_model_name"]
     teacher_path = str(Path(raw).resolve()) if Path(raw).exists() else raw
-    tcfg = load_teacher_config(teacher_path)
-    lrc = lrc_config_from_flags(cfg)
-    lrc.validate(tcfg)
-    try:
-        tokenizer = load_tokenizer(teacher_path)
-    except Exception:  # noqa: BLE001 (no tokenizer files: fine for pre-tokenized data; text data says it needs one)
-        tokenizer = None
-    train_ds = build_dataset(cfg["dataset_name"], cfg["data_max_len"], tcfg.vocab_size, tokenizer, cfg["text_field"])
-    eval_ds = None
-    if cfg["eval_dataset"]:
-        eval_ds = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], tcfg.vocab_size, tokenizer, cfg["text_field"])
-        if cfg["eval_max_sequences"]:
-            eval_ds = torch.utils.data.Subset(eval_ds, range(min(cfg["eval_max_sequences"], len(eval_ds))))
 
-    t0 = time.time()
-    teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if cfg["bf16"] else torch.float32,
-                           attn_implementation=cfg["attn_implementation"])
-    say(f"teacher {raw} loaded in {time.time() - t0:.0f}s: {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M "
-        f"params, {tcfg.num_hidden_layers} layers, hidden {tcfg.hidden_size} -> student {lrc.target_hidden_size}")
-    set_seed(cfg["seed"])  # projection / student init
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(GracefulStop())
+        plan = decided_on_main(lambda: _open_run_dir(cfg, args, teacher_path, stack), main)
+        for m in plan.messages():
+            say(m)
+        if plan.finished_at is not None:
+            say(f"{out} holds a run finished at step {plan.finished_at} (--max_steps {cfg['max_steps']}): nothing to "
+                f"train; its final outputs are at its root")
+            return None
+        if plan.finalize_from is not None:
+            if main:
+                write_final_outputs(out, plan.finalize_from)
+            say(f"{plan.finalize_from} is at --max_steps {cfg['max_steps']}: training had finished; its final outputs "
+                f"are now written to {out}")
+            return None
+        if main:
+            if cfg["overwrite_output_dir"] and plan.checkpoint is None:
+                clear_previous_run(out)
+            clear_staging(out)  # half-written checkpoints of a killed run
+
+        tcfg = load_teacher_config(teacher_path)
+        lrc = lrc_config_from_flags(cfg)
+        tokenizer, no_tokenizer = find_tokenizer(cfg["tokenizer"] or teacher_path, tcfg.vocab_size)
+        with args.main_process_first(desc="data check"):  # the first process checks and caches, the others read
+            train_ds = build_dataset(cfg["dataset_name"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
+                                     cfg["text_field"], no_tokenizer)
+            eval_ds = None
+            if cfg["eval_dataset"]:
+                eval_ds = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
+                                        cfg["text_field"], no_tokenizer)
+                if cfg["eval_max_sequences"]:
+                    eval_ds = torch.utils.data.Subset(eval_ds, range(min(cfg["eval_max_sequences"], len(eval_ds))))
+        if tokenizer is None and baseline:
+            warn(f"{no_tokenizer}: the trained student is saved without a tokenizer")
+        plan.record["train_sequences"] = len(train_ds)
+
+        t0 = time.time()
+        teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if cfg["bf16"] else torch.float32,
+                               attn_implementation=cfg["attn_implementation"])
+        say(f"teacher {raw} loaded in {time.time() - t0:.0f}s: {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M "
+            f"params, {tcfg.num_hidden_layers} layers, hidden {tcfg.hidden_size} -> student {lrc.target_hidden_size}")
+        set_seed(cfg["seed"])  # projection / student init
+        if baseline:
+            from lrc.baselines import BaselineConfig, BaselineModel
+
+            model = BaselineModel(teacher, BaselineConfig(cfg["model_cls"], lrc, attn_loss=cfg["tiny_bert_attn_loss"]))
+            if cfg["gradient_checkpointing"]:
+                model.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model = LRCModel(teacher, lrc)
+            model.projections.float()  # fp32 master weights whatever the teacher's dtype
+            if cfg["gradient_checkpointing"]:
+                model.enable_gradient_checkpointing()
+        if cfg["load_model_weight_path"]:
+            ck = load_lrc_checkpoint(cfg["load_model_weight_path"])
+            weights = official_to_ours(ck.weights, lrc, model.kept_layers) if ck.official else ck.weights
+            load_into_projections(model.projections, weights,
+                                  what=f"--load_model_weight_path {cfg['load_model_weight_path']}")
+            say(f"warm start: projections loaded from {cfg['load_model_weight_path']}")
+        ref = TeacherRef(**plan.record["teacher"])
+        stopper = StopOnSignal(stop)
+        trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds,
+                              run_record=plan.record, resume_plan=plan, callbacks=[stopper])
+        if baseline:
+            trainer.student_tokenizer = tokenizer
+        if trainer.is_deepspeed_enabled and "world_size" in plan.changed:
+            raise CheckpointError("--allow_changed world_size is not supported under DeepSpeed: its ZeRO optimizer "
+                                  "states are partitioned per rank (convert the checkpoint with DeepSpeed's universal "
+                                  "checkpoint tools, or resume with the same number of processes)")
+        n_train = sum(p.numel() for p in model.trainable_parameters())
+        say(f"trainable parameters: {n_train:,} | train sequences: {len(train_ds):,} x {cfg['data_max_len']} tokens"
+            + (f" | eval sequences: {len(eval_ds):,}" if eval_ds is not None else ""))
+        say(f"outputs: {out} (checkpoint-N/ every {cfg['save_steps']} steps, final outputs at its root)")
+        if main:
+            write_json_atomic(out / RUN_RECORD_NAME, plan.record)
+            _check_free_space(out, model, trainer.is_deepspeed_enabled)
+        if plan.checkpoint:
+            say(f"resuming from {plan.checkpoint} (step {plan.step})")
+        if stop.requested:
+            raise InterruptedRun(f"stopped by {stop.received} before training began; nothing was saved")
+        try:
+            with weights_only_loads():
+                trainer.train(resume_from_checkpoint=plan.checkpoint)
+        except pickle.UnpicklingError as e:
+            trainer.close_progress_bars()
+            raise CheckpointError(f"{plan.checkpoint}: a file in it holds more than tensors and plain data, so it was not "
+                                  f"loaded (torch's weights-only unpickler: {unpickler_refusal(e)}); nothing in a "
+                                  f"checkpoint is ever unpickled with code") from e
+        except BaseException:
+            trainer.close_progress_bars()
+            raise
+        if stopper.stopped_at is not None:
+            trainer.close_progress_bars()
+            e = Preempted(f"stopped by {stop.received} after step {stopper.stopped_at}; {out / f'checkpoint-{stopper.stopped_at}'} "
+                          f"is written. Resume: the same command with --resume auto")
+            e.quiet = not main
+            raise e
+        if main:
+            write_final_outputs(out, out / f"checkpoint-{trainer.state.global_step}", trainer.state.save_to_json)
+        trainer.accelerator.wait_for_everyone()
     if baseline:
-        from lrc.baselines import BaselineConfig, BaselineModel
-
-        model = BaselineModel(teacher, BaselineConfig(cfg["model_cls"], lrc, attn_loss=cfg["tiny_bert_attn_loss"]))
-        if cfg["gradient_checkpointing"]:
-            model.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model = LRCModel(teacher, lrc)
-        model.projections.float()  # fp32 master weights whatever the teacher's dtype
-        if cfg["gradient_checkpointing"]:
-            model.enable_gradient_checkpointing()
-    if cfg["load_model_weight_path"]:
-        ck = load_lrc_checkpoint(cfg["load_model_weight_path"])
-        weights = official_to_ours(ck.weights, lrc, model.kept_layers) if ck.official else ck.weights
-        load_into_projections(model.projections, weights, what=f"--load_model_weight_path {cfg['load_model_weight_path']}")
-        say(f"warm start: projections loaded from {cfg['load_model_weight_path']}")
-    ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type)
-
-    trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds)
-    n_train = sum(p.numel() for p in model.trainable_parameters())
-    say(f"trainable parameters: {n_train:,} | train sequences: {len(train_ds):,} x {cfg['data_max_len']} tokens"
-        + (f" | eval sequences: {len(eval_ds):,}" if eval_ds is not None else ""))
-    say(f"outputs: {out} (checkpoint-N/ every {cfg['save_steps']} steps, final weights at its root)")
-    if _is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        run_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        (out / "run_config.json").write_text(json.dumps({"flags": run_cfg, "given": cfg["_given"],
-                                                         "model_cls": cfg["model_cls"],
-                                                         "lrc": lrc.to_dict(), "resumed_from": resume},
-                                                        indent=2, default=str) + "\n")
-    if resume:
-        say(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    trainer.save_state()
-    if baseline:
-        if tokenizer is not None and trainer.args.should_save:
-            tokenizer.save_pretrained(out)
         say(f"final model: {out} (--model_cls {cfg['model_cls']}: a standard HF checkpoint, no conversion needed; "
             f"AutoModelForCausalLM.from_pretrained({str(out)!r}))")
     else:
@@ -606,7 +666,7 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
 
     t0 = time.time()
     trainer = train(cfg, trainer_cls)
-    if not _is_main():
+    if trainer is None or not _is_main():
         return
     out = Path(cfg["output_dir"]).resolve()
     teacher = trainer.lrc_model.teacher
@@ -617,7 +677,7 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
     else:
         student_dir = out  # a baseline's output is already a standard HF checkpoint
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    tok = load_tokenizer(cfg["raw_model_name"])
+    tok = load_tokenizer(cfg["tokenizer"] or cfg["raw_model_name"], teacher.config.vocab_size)
     held = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], teacher.config.vocab_size, tok)
     say(f"held-out perplexity on {cfg['eval_dataset']} ({len(held)} x {cfg['data_max_len']} tokens) ...")
     t_ppl = heldout_perplexity(teacher, held, cfg["batch_size"])
@@ -655,9 +715,9 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
 
 # ---------------------------------------------------------------------------------------------- entry
 def run(raw_flags: dict[str, Any], trainer_cls=None) -> int:
-    """Parse flags, train (or run the demo); 0 on success, 2 on bad input, 3 on a non-finite loss."""
-    from lrc.cli_errors import run_cli
-    from lrc.trainer import NonFiniteLossError
+    """Parse flags, train (or run the demo); the exit code of ``lrc.errors`` (0 done, 2 bad input, 3 non-finite
+    loss, 75 stopped by a signal after saving, 130 interrupted)."""
+    from lrc.errors import run_cli
 
     if raw_flags.get("help"):
         print(help_text())
@@ -667,11 +727,7 @@ def run(raw_flags: dict[str, Any], trainer_cls=None) -> int:
         cfg = parse_flags(raw_flags)
         (run_demo if cfg["demo"] else train)(cfg, trainer_cls)
 
-    try:
-        return run_cli(go)
-    except NonFiniteLossError as e:
-        print(f"\nerror: {e}", file=sys.stderr)  # newline: the progress bar's line is still open
-        return 3
+    return run_cli(go)
 
 
 def main(**flags: Any) -> None:

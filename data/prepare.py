@@ -92,7 +92,7 @@ def main(inputs: str = None, tokenizer: str = None, output: str = None, data_max
 def cli(argv: list[str] | None = None) -> int:
     import fire
 
-    from lrc.cli_errors import run_cli
+    from lrc.errors import run_cli
 
     return run_cli(lambda: fire.Fire(main, command=argv, name="prepare"))
 

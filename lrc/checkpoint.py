@@ -7,8 +7,8 @@ Layout of a checkpoint directory (a training output dir or a ``checkpoint-N`` di
   ``lrc_config`` (JSON), ``teacher_name_or_path``, ``teacher_config_hash``, ``lrc_format_version``;
 - ``lrc_config.json``: the same information, human-readable.
 
-Writes are atomic (temporary file, fsync, rename), so a crash never leaves a half-written file
-under the final name. Official-code checkpoints (``model.zoom.weight`` ...) are read too, with the
+Writes are atomic (``lrc.run_dir.atomic_write``: temporary file, fsync, rename), so a crash never
+leaves a half-written file under the final name. Official-code checkpoints (``model.zoom.weight`` ...) are read too, with the
 variant inferred from the tensor names and shapes (``read_official_state``).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +25,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import LRCConfig
+from .errors import LRCError
 from .projections import LRCProjections, official_names
+from .run_dir import CONFIG_NAME, WEIGHTS_NAME, atomic_write, list_checkpoints
 
-WEIGHTS_NAME = "lrc_weights.safetensors"
-CONFIG_NAME = "lrc_config.json"
 FORMAT_VERSION = "1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LRCError, ValueError):
     """A checkpoint is missing, malformed, or inconsistent with what it is used with."""
 
 
@@ -44,6 +43,23 @@ class TeacherRef:
     name_or_path: str
     config_hash: str
     model_type: str
+    weights_hash: str = ""
+    """``lrc.teacher.weights_fingerprint`` (empty in checkpoints written before it existed)."""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name_or_path": self.name_or_path, "config_hash": self.config_hash, "model_type": self.model_type,
+                "weights_hash": self.weights_hash}
+
+    def describe(self) -> str:
+        return (f"{self.name_or_path!r} (config {self.config_hash or '?'}, weights {self.weights_hash or '?'})")
+
+    def mismatch(self, other: TeacherRef) -> str | None:
+        """Why ``other`` is not this teacher (None if it is). Unrecorded hashes are not compared."""
+        if self.config_hash and other.config_hash and self.config_hash != other.config_hash:
+            return "another architecture (config hash)"
+        if self.weights_hash and other.weights_hash and self.weights_hash != other.weights_hash:
+            return "other weights (weights fingerprint)"
+        return None
 
 
 @dataclass
@@ -55,28 +71,6 @@ class LRCCheckpoint:
     teacher: TeacherRef | None
     path: Path
     official: bool = False
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; checkpoints are shared files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_lrc_checkpoint(directory: str | os.PathLike, projections: LRCProjections, lrc: LRCConfig,
@@ -95,24 +89,12 @@ def save_lrc_checkpoint(directory: str | os.PathLike, projections: LRCProjection
         "teacher_name_or_path": teacher.name_or_path,
         "teacher_config_hash": teacher.config_hash,
         "teacher_model_type": teacher.model_type,
+        "teacher_weights_hash": teacher.weights_hash,
     }
-    _atomic_write_bytes(d / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata=meta))
-    info = {"lrc_format_version": FORMAT_VERSION, "lrc": lrc.to_dict(),
-            "teacher": {"name_or_path": teacher.name_or_path, "config_hash": teacher.config_hash,
-                        "model_type": teacher.model_type}}
-    _atomic_write_bytes(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(d / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata=meta))
+    info = {"lrc_format_version": FORMAT_VERSION, "lrc": lrc.to_dict(), "teacher": teacher.to_dict()}
+    atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
     return d / WEIGHTS_NAME
-
-
-_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``checkpoint-N`` directory in ``output_dir``, oldest first."""
-    d = Path(output_dir)
-    if not d.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name)))
 
 
 def resolve_weights_file(path: str | os.PathLike) -> Path:
@@ -148,7 +130,7 @@ def load_lrc_checkpoint(path: str | os.PathLike) -> LRCCheckpoint:
     if "lrc_config" in meta:
         lrc = LRCConfig.from_json(meta["lrc_config"])
         teacher = TeacherRef(meta.get("teacher_name_or_path", ""), meta.get("teacher_config_hash", ""),
-                             meta.get("teacher_model_type", ""))
+                             meta.get("teacher_model_type", ""), meta.get("teacher_weights_hash", ""))
         return LRCCheckpoint(weights, lrc, teacher, f, official=False)
     if any("zoom" in k or "target_" in k for k in weights):
         return LRCCheckpoint(weights, None, None, f, official=True)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from .errors import LRCError
 
 AUX_LOSS_TYPES = ("mseloss", "mseloss_v2", "l1loss", "l1loss_v2", "nmse")
 KL_REDUCTIONS = ("sequence_sum", "token_mean")
@@ -26,7 +28,7 @@ MLP_GATE, MLP_UP, MLP_IN, MLP_OUT = "mlp-gate-loss", "mlp-up-loss", "mlp-in-loss
 ALL_CLONE_TERMS = (ATTN_Q, ATTN_K, ATTN_V, ATTN_IN, ATTN_OUT, MLP_GATE, MLP_UP, MLP_IN, MLP_OUT)
 
 
-class LRCConfigError(ValueError):
+class LRCConfigError(LRCError, ValueError):
     """A configuration value is invalid or contradicts another value / the teacher."""
 
 

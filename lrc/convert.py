@@ -27,12 +27,15 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from .checkpoint import (WEIGHTS_NAME, CheckpointError, current_umask, infer_official_variant, list_checkpoints,
+from .checkpoint import (WEIGHTS_NAME, CheckpointError, TeacherRef, infer_official_variant, list_checkpoints,
                          load_into_projections, load_lrc_checkpoint, official_to_ours)
 from .config import LRCConfig
+from .errors import LRCError
 from .families import check_family
 from .model import LRCModel
-from .teacher import load_teacher, load_teacher_config, load_tokenizer, teacher_fingerprint
+from .run_dir import current_umask
+from .teacher import (find_tokenizer, load_teacher, load_teacher_config, load_tokenizer, teacher_fingerprint,
+                      weights_fingerprint)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ EXPORT_ARCHS = ("llama",)
 """Values of ``--export_arch``: write the student in another (equivalent) architecture."""
 
 
-class ConversionError(ValueError):
+class ConversionError(LRCError, ValueError):
     """Conversion cannot proceed; the message says what and where."""
 
 
@@ -202,18 +205,15 @@ def build_student(ckpt_path: str, raw_model_name: str | None = None, flags: dict
     teacher_path = raw_model_name or (ckpt.teacher.name_or_path if ckpt.teacher else None)
     if not teacher_path:
         raise ConversionError(f"{ckpt.path} is an official-code checkpoint: pass --raw-model-name TEACHER")
-    try:
-        tcfg = load_teacher_config(teacher_path)
-    except OSError as e:
-        raise ConversionError(f"cannot load the teacher config from {teacher_path!r}: {e}") from None
+    tcfg = load_teacher_config(teacher_path)
     check_family(tcfg)
-    if ckpt.teacher is not None and ckpt.teacher.config_hash:
-        h = teacher_fingerprint(tcfg)
-        if h != ckpt.teacher.config_hash:
-            raise ConversionError(
-                f"teacher mismatch: {ckpt.path} was trained against a teacher with config hash "
-                f"{ckpt.teacher.config_hash} ({ckpt.teacher.name_or_path!r}), but {teacher_path!r} has {h}"
-            )
+    if ckpt.teacher is not None:
+        now = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type,
+                         weights_fingerprint(teacher_path) if ckpt.teacher.weights_hash else "")
+        why = ckpt.teacher.mismatch(now)
+        if why:
+            raise ConversionError(f"teacher mismatch: {ckpt.path} was trained against teacher "
+                                  f"{ckpt.teacher.describe()}, but {now.describe()} has {why}")
     lrc.validate(tcfg)
     teacher = load_teacher(teacher_path, dtype=torch.float32)
     model = LRCModel(teacher, lrc)
@@ -254,7 +254,7 @@ def _config_dtype(cfg) -> torch.dtype:
 
 def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | None = None,
                        flags: dict[str, Any] | None = None, dtype: str | None = None,
-                       overwrite: bool = False, export_arch: str | None = None) -> Path:
+                       overwrite: bool = False, export_arch: str | None = None, tokenizer: str | None = None) -> Path:
     """Fold an LRC checkpoint into a standard HF model directory at ``save_path``.
 
     Args:
@@ -265,6 +265,8 @@ def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | Non
         dtype: output dtype ("float32", "bfloat16", "float16"; default: the teacher's).
         export_arch: "llama" writes a Qwen2-family student as an equivalent Llama checkpoint. With a
             standard HF Qwen2 checkpoint as ``ckpt_path`` (an already converted student) it only re-exports.
+        tokenizer: where the student's tokenizer comes from (default: the teacher). Without a usable
+            one the student is written without a tokenizer, with a warning.
     """
     out = Path(save_path)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
@@ -290,9 +292,19 @@ def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | Non
         pass  # teacher has no generation_config.json: keep the one derived from the config
     meta = {"source_checkpoint": str(Path(ckpt_path).resolve()), "teacher": teacher_path, "lrc": lrc.to_dict(),
             "dtype": str(target_dtype).replace("torch.", ""), "export_arch": export_arch}
-    _save_atomically(out, student, load_tokenizer(teacher_path), meta)
+    _save_atomically(out, student, _student_tokenizer(tokenizer, teacher_path, student.config.vocab_size), meta)
     log.info("wrote the converted student to %s", out)
     return out
+
+
+def _student_tokenizer(tokenizer: str | None, teacher_path: str, vocab_size: int):
+    """The tokenizer to ship: ``--tokenizer`` (must load), else the teacher's, else None with a warning."""
+    if tokenizer:
+        return load_tokenizer(tokenizer, vocab_size)
+    tok, why = find_tokenizer(teacher_path, vocab_size)
+    if tok is None:
+        log.warning("%s: the student is written without a tokenizer (pass --tokenizer PATH to add one)", why)
+    return tok
 
 
 def _parse_dtype(dtype: str) -> torch.dtype:
@@ -316,7 +328,7 @@ def _reexport(src: Path, out: Path, export_arch: str, dtype: str | None) -> Path
     old = src / "lrc_conversion.json"
     if old.is_file():
         meta["conversion"] = json.loads(old.read_text())
-    _save_atomically(out, llama, load_tokenizer(str(src)), meta)
+    _save_atomically(out, llama, _student_tokenizer(None, str(src), cfg.vocab_size), meta)
     log.info("wrote the %s export of %s to %s", export_arch, src, out)
     return out
 
@@ -327,7 +339,8 @@ def _save_atomically(out: Path, model: torch.nn.Module, tokenizer, meta: dict[st
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         (tmp / "lrc_conversion.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
         if out.exists():

@@ -21,13 +21,16 @@ import json
 import lzma
 import operator
 import os
-from array import array
 from collections.abc import Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from .data_check import cached_index, check_ids, line_number_at
+from .errors import LRCError
+from .file_cache import cached_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -45,7 +48,7 @@ _TOKENIZE_BATCH_DOCS = 512  # documents per fast-tokenizer batch call ...
 _TOKENIZE_BATCH_CHARS = 1 << 20  # ... or fewer, once the batch holds this many characters
 
 
-class DataError(ValueError):
+class DataError(LRCError, ValueError):
     """Bad training data: the message names the file, the 1-based line where there is one, and what was expected."""
 
 
@@ -99,15 +102,17 @@ def parse_json_line(raw: bytes | str, where: str) -> Any:
 class PackedJsonlDataset(Dataset):
     """The official LRC training format: one JSON object per line, ``{"input_ids": [int, ...], "data_cls": ...}``.
 
-    Extra fields are ignored. Random access without loading the file: construction makes one streaming pass
-    recording the byte offset of every non-blank line (``offsets``: (N,) uint64); ``__getitem__`` seeks to the
-    line, parses and validates it (valid JSON, an ``input_ids`` list of ints, ``0 <= id < vocab_size``), keeps
-    the first ``data_max_len`` ids and right-pads shorter ones (see the module docstring for the item layout).
+    Extra fields are ignored. Random access without loading the file: construction checks every line before
+    training starts (``lrc.data_check``: valid JSON, an ``input_ids`` list of at least 2 ints in
+    ``[0, vocab_size)``; the first bad line raises DataError with ``file:line``) and records the byte offset of
+    every non-blank line (``offsets``: (N,) uint64); both are cached by file identity. ``__getitem__`` seeks to
+    the line, parses and re-checks it, keeps the first ``data_max_len`` ids and right-pads shorter ones (see the
+    module docstring for the item layout).
 
     Picklable for DataLoader workers: the file is (re)opened lazily in each process; no handle is pickled.
     """
 
-    def __init__(self, path: PathLike, data_max_len: int, vocab_size: int) -> None:
+    def __init__(self, path: PathLike, data_max_len: int, vocab_size: int, progress: bool = True) -> None:
         self.path = os.fspath(path)
         self.data_max_len = _check_max_len(data_max_len)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
@@ -115,20 +120,8 @@ class PackedJsonlDataset(Dataset):
         self.vocab_size = vocab_size
         if not os.path.isfile(self.path):
             raise DataError(f"{self.path}: no such file")
-        offsets = array("Q")
-        pos = 0
-        self.num_lines = 0  # all lines, blank ones included
-        with open(self.path, "rb") as f:
-            for line in f:
-                self.num_lines += 1
-                if line.strip():
-                    offsets.append(pos)
-                pos += len(line)
-        if pos == 0:
-            raise DataError(f"{self.path}: empty file")
-        if not offsets:
-            raise DataError(f"{self.path}: no data (only blank lines)")
-        self.offsets: np.ndarray = np.frombuffer(offsets, dtype=np.uint64).copy()  # (N,) byte offset of each line
+        # (N,) byte offset of each non-blank line; every line checked once (cached by file identity)
+        self.offsets: np.ndarray = cached_index(self.path, vocab_size, progress=progress)
         self._fh: IO[bytes] | None = None
         self._pid: int | None = None
 
@@ -155,16 +148,7 @@ class PackedJsonlDataset(Dataset):
 
     def line_number(self, index: int) -> int:
         """1-based line number of sequence ``index`` (counts newlines up to its offset: meant for error messages)."""
-        offset = int(self.offsets[_index(index, len(self))])
-        count, done = 0, 0
-        with open(self.path, "rb") as f:
-            while done < offset:
-                chunk = f.read(min(1 << 20, offset - done))
-                if not chunk:
-                    break
-                count += chunk.count(b"\n")
-                done += len(chunk)
-        return count + 1
+        return line_number_at(self.path, int(self.offsets[_index(index, len(self))]))
 
     def read_ids(self, index: int) -> list[int]:
         """The validated, uncut ``input_ids`` list of sequence ``index``."""
@@ -177,22 +161,10 @@ class PackedJsonlDataset(Dataset):
             obj = json.loads(raw)
         except ValueError:  # JSONDecodeError, UnicodeDecodeError: build the file:line message only now
             obj = parse_json_line(raw, where())
-        if not isinstance(obj, dict):
-            raise DataError(f"{where()}: expected a JSON object with an 'input_ids' list, got {type(obj).__name__}")
-        ids = obj.get("input_ids")
-        if not isinstance(ids, list):
-            raise DataError(f"{where()}: no 'input_ids' list")
-        if not ids:
-            raise DataError(f"{where()}: empty 'input_ids' list")
-        if not all(type(t) is int for t in ids):
-            k, bad = next((k, t) for k, t in enumerate(ids) if type(t) is not int)
-            raise DataError(f"{where()}: input_ids[{k}] is {json.dumps(bad)}, expected an integer token id")
-        lo, hi = min(ids), max(ids)
-        if lo < 0:
-            raise DataError(f"{where()}: token id {lo} < 0")
-        if hi >= self.vocab_size:
-            raise DataError(f"{where()}: token id {hi} >= vocab size {self.vocab_size}")
-        return ids
+        problem = check_ids(obj, self.vocab_size, raw)
+        if problem:  # the file changed after it was checked
+            raise DataError(f"{where()}: {problem}")
+        return obj["input_ids"]
 
     def __getitem__(self, index: int) -> Item:
         """-> {"input_ids": (S,)} or, when the line is shorter than S, also "attention_mask" and "labels" (S,)."""
@@ -334,6 +306,9 @@ class TextDataset(Dataset):
             raise DataError(f"{names}: the tokenizer produced token id {int(self.tokens.max())} >= vocab size "
                             f"{vocab_size}; is it the teacher's tokenizer?")
         self.num_tokens = int(self.tokens.size)
+        if self.num_tokens < 2:
+            raise DataError(f"{names}: {self.num_tokens} token(s) after tokenizing; a sequence needs at least 2 (one to "
+                            "read, one to predict)")
         full = self.num_tokens // self.data_max_len
         self._num_seqs = full if full > 0 else 1
         self.dropped_tokens = self.num_tokens - full * self.data_max_len if full > 0 else 0
@@ -410,6 +385,10 @@ class TokenShardDataset(Dataset):
             if os.path.getsize(fp) != want:
                 raise DataError(f"{mp}: shard {sh['file']} has {os.path.getsize(fp)} bytes, expected {want} "
                                 f"({n} sequences x {self.seq_len} x {self.dtype.itemsize})")
+            top = cached_json("token-shard-max", fp, lambda fp=fp, n=n: int(np.memmap(
+                fp, dtype=self.dtype, mode="r", shape=(n, self.seq_len)).max()) if n else 0, self.dtype.str)
+            if top >= vocab_size:
+                raise DataError(f"{fp}: token id {top} >= vocab size {vocab_size}; is it the teacher's tokenizer?")
             self.shard_files.append(fp)
             counts.append(n)
         self.starts: np.ndarray = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # (num_shards+1,)
@@ -497,10 +476,10 @@ def _first_json_object(path: str) -> tuple[int, Any]:
 
 
 def _text_dataset(paths: list[str], tokenizer: PreTrainedTokenizerBase | None, data_max_len: int, vocab_size: int,
-                  text_field: str) -> TextDataset:
+                  text_field: str, no_tokenizer: str = "") -> TextDataset:
     if tokenizer is None:
-        raise DataError(f"{', '.join(paths)}: raw text requires the teacher tokenizer to tokenize it, "
-                        "but none was given")
+        raise DataError(f"{', '.join(paths)}: raw text needs the teacher's tokenizer, but "
+                        f"{no_tokenizer or 'none was given'}; pass --tokenizer PATH, or pre-tokenized data")
     return TextDataset(paths, tokenizer, data_max_len, text_field, vocab_size=vocab_size)
 
 
@@ -516,7 +495,8 @@ def _check_single(path: str, text_field: str) -> None:
 
 
 def build_dataset(path: PathLike, data_max_len: int, vocab_size: int,
-                  tokenizer: PreTrainedTokenizerBase | None = None, text_field: str = "text") -> Dataset:
+                  tokenizer: PreTrainedTokenizerBase | None = None, text_field: str = "text",
+                  no_tokenizer: str = "") -> Dataset:
     """Pick the reader from ``path``.
 
     - a ``.jsonl`` file whose first non-blank line has ``input_ids`` -> :class:`PackedJsonlDataset`;
@@ -525,6 +505,8 @@ def build_dataset(path: PathLike, data_max_len: int, vocab_size: int,
     - several text files separated by commas -> one :class:`TextDataset` over all of them, in order;
     - a directory with ``manifest.json`` (written by ``data/prepare.py``) -> :class:`TokenShardDataset`;
     - anything else (a directory without a manifest, a missing path, another format) -> :class:`DataError`.
+
+    ``no_tokenizer``: why ``tokenizer`` is None, for the error when the data turn out to be text.
     """
     path = os.fspath(path)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, SHARD_MANIFEST)):
@@ -538,14 +520,14 @@ def build_dataset(path: PathLike, data_max_len: int, vocab_size: int,
                 if isinstance(obj, dict) and "input_ids" in obj:
                     raise DataError(f"{p}: holds pre-tokenized 'input_ids'; comma-separated lists are for text "
                                     "files only, pass a single pre-tokenized .jsonl file")
-        return _text_dataset(parts, tokenizer, data_max_len, vocab_size, text_field)
+        return _text_dataset(parts, tokenizer, data_max_len, vocab_size, text_field, no_tokenizer)
     _check_single(path, text_field)
     if path.endswith(".jsonl"):
         line_no, obj = _first_json_object(path)
         if isinstance(obj, dict) and "input_ids" in obj:
             return PackedJsonlDataset(path, data_max_len, vocab_size)
         if isinstance(obj, dict) and text_field in obj:
-            return _text_dataset([path], tokenizer, data_max_len, vocab_size, text_field)
+            return _text_dataset([path], tokenizer, data_max_len, vocab_size, text_field, no_tokenizer)
         raise DataError(f"{path}:{line_no}: expected a JSON object with an 'input_ids' list (pre-tokenized) or a "
                         f"'{text_field}' string")
-    return _text_dataset([path], tokenizer, data_max_len, vocab_size, text_field)
+    return _text_dataset([path], tokenizer, data_max_len, vocab_size, text_field, no_tokenizer)

@@ -185,6 +185,6 @@ if __name__ == "__main__":
 
     import fire
 
-    from .cli_errors import run_cli
+    from .errors import run_cli
 
     sys.exit(run_cli(lambda: fire.Fire(main)))

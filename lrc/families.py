@@ -16,11 +16,12 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from .config import LRCConfig
+from .errors import LRCError
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-class UnsupportedTeacherError(ValueError):
+class UnsupportedTeacherError(LRCError, ValueError):
     """The teacher's model_type is not one LRC supports."""
 
 

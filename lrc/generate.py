@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .config import LRCConfig
+from .errors import LRCError
 from .projections import LRCProjections
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -33,7 +34,7 @@ _TEACHER_KEPT = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
 _GAINS = {"input_layernorm.weight": "input_norm", "post_attention_layernorm.weight": "post_attention_norm"}
 
 
-class GenerationError(KeyError):
+class GenerationError(LRCError, KeyError):
     """A student parameter has no generation rule, or a needed teacher tensor is missing."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.

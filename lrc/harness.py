@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import WEIGHTS_NAME, list_checkpoints
+from .errors import LRCError
 
 log = logging.getLogger(__name__)
 
 
-class HarnessError(ValueError):
+class HarnessError(LRCError, ValueError):
     """Bad evaluation input (model path, task name, flag); the message names it."""
 
 

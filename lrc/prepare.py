@@ -678,6 +678,8 @@ class SourceReader(BaseReader):
         try:
             for src, path, fmt in mine:
                 filt = self.sources[src]["filter"]
+                if task_errors(self.work_dir):
+                    break  # another task found bad input: the run fails, stop reading
                 if src not in self.stop_sources:
                     for text, meta, doc_id in self.iter_file(path, src, fmt):
                         if src in self.stop_sources:
@@ -693,6 +695,15 @@ class SourceReader(BaseReader):
             bar.close()  # clears the bar's line, so an error message starts a clean line
         _write_json(os.path.join(self.work_dir, "tasks", f"task{rank:05d}.read.json"),
                     {"documents_read": read, "documents_kept": kept, "files": len(mine)})
+
+
+TASK_ERROR_SUFFIX = ".error.json"
+
+
+def task_errors(work: str) -> list[str]:
+    """The messages of the tasks that stopped on bad input (``DataError``), in task order."""
+    files = sorted(glob.glob(os.path.join(work, "tasks", f"task*{TASK_ERROR_SUFFIX}")))
+    return [json.loads(Path(f).read_text())["error"] for f in files]
 
 
 class TokenFileWriter(PipelineStep):
@@ -752,20 +763,25 @@ class TokenFileWriter(PipelineStep):
                 handles[src][1].write(np.asarray(ls, dtype=np.int64).tobytes())
             batch.clear()
 
-        for doc in data or []:
-            src = doc.metadata["lrc_source"]
-            if src in self.stop_sources:
-                continue
-            batch.append((src, doc.text))
-            chars += len(doc.text)
-            if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
+        try:
+            for doc in data or []:
+                src = doc.metadata["lrc_source"]
+                if src in self.stop_sources:
+                    continue
+                batch.append((src, doc.text))
+                chars += len(doc.text)
+                if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
+                    flush()
+                    chars = 0
+            if batch:
                 flush()
-                chars = 0
-        if batch:
-            flush()
-        for hs in handles.values():
-            for h in hs:
-                h.close()
+        except DataError as e:  # bad input: reported by the parent as one line (``task_errors``), not a traceback
+            _write_json(os.path.join(tdir, f"task{rank:05d}{TASK_ERROR_SUFFIX}"), {"error": str(e)})
+            return
+        finally:
+            for hs in handles.values():
+                for h in hs:
+                    h.close()
         _write_json(os.path.join(tdir, f"task{rank:05d}.json"), {"tokens": tokens, "documents_tokenized": docs})
         return
         yield  # a generator: datatrove drains it
@@ -1093,6 +1109,9 @@ def prepare(inputs=None, tokenizer: str | None = None, output: str | None = None
 
 def finalize(work: str, tokenize_seconds: float | None = None) -> dict:
     """Merge the finished tasks of ``work`` (``plan.json``), write shards + manifest, rename to the output."""
+    errors = task_errors(work)
+    if errors:
+        raise DataError(errors[0])
     plan = json.loads(Path(work, PLAN).read_text())
     srcs = plan["sources"]
     ns, num_tasks = len(srcs), plan["tasks"]

@@ -1,24 +1,51 @@
-"""Loading a teacher (an HF directory / hub id, or a single ``.gguf`` file) and its tokenizer.
+"""Loading a teacher (an HF directory / hub id, or a single ``.gguf`` file), its tokenizer and its identity.
 
 No remote code is ever trusted. A ``.gguf`` file is dequantised by transformers (needs ``gguf``).
+Every failure to find or read a teacher is a ``TeacherError`` naming the path and what was expected.
+
+Identity (``teacher_identity``): a checkpoint records the teacher's config hash (architecture) and a
+fingerprint of its weights: the sha256 of each weight file, combined. Each file's sha256 is computed
+once and cached by the file's path, size, mtime and inode (``lrc.file_cache``), so for a 70B teacher
+(~140 GB) the first run reads the files once (~2 min at ~1 GB/s) and later runs only stat them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
+from .errors import LRCError
 from .families import check_family, config_hash
+from .file_cache import cached_json
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+"""Files of a model directory that hold weights (what the weights fingerprint covers)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "spiece.model")
+EMPTY_TOKENIZER_FRACTION = 0.5
+"""A tokenizer with fewer tokens than this fraction of the model's vocabulary is taken as missing: a
+model directory without tokenizer files makes some tokenizer classes (Qwen2's) build an empty one."""
+
+
+class TeacherError(LRCError):
+    """The teacher (or its tokenizer) cannot be found or read; the message names the path."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _split(path: str) -> tuple[str, dict]:
     p = Path(path)
     if p.suffix == ".gguf":
         if not p.is_file():
-            raise FileNotFoundError(f"teacher GGUF file {path!r} does not exist")
+            raise TeacherError(f"teacher GGUF file {path!r} does not exist")
         return str(p.parent), {"gguf_file": p.name}
     return path, {}
 
@@ -26,9 +53,19 @@ def _split(path: str) -> tuple[str, dict]:
 def load_teacher_config(path: str) -> PretrainedConfig:
     """A model's config (teacher or converted student), checked to be a supported family."""
     src, kw = _split(path)
-    if not kw and not Path(src).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"model {path!r} is not a local directory or .gguf file (and HF_HUB_OFFLINE=1)")
-    cfg = AutoConfig.from_pretrained(src, trust_remote_code=False, **kw)
+    p = Path(src)
+    if not kw:
+        if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise TeacherError(f"model {path!r} is not a local directory or .gguf file (and HF_HUB_OFFLINE=1)")
+        if p.is_file():
+            raise TeacherError(f"model {path!r} is a file: expected a Hugging Face model directory or a .gguf file")
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise TeacherError(f"model directory {path!r} has no config.json: expected a Hugging Face model directory "
+                               f"(config.json + weights) or a .gguf file")
+    try:
+        cfg = AutoConfig.from_pretrained(src, trust_remote_code=False, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise TeacherError(f"cannot read the config of model {path!r} ({_first_line(e)})") from e
     check_family(cfg)
     return cfg
 
@@ -48,7 +85,10 @@ def load_teacher(path: str, dtype: torch.dtype | None = None, attn_implementatio
         kw["dtype"] = dtype
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=False, **kw)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=False, **kw)
+    except Exception as e:  # noqa: BLE001 - truncated / corrupt / missing weight files come in many types
+        raise TeacherError(f"cannot load the weights of model {path!r} ({_first_line(e)})") from e
     if getattr(model, "hf_quantizer", None) is not None:  # GGUF: weights are already dequantised
         model.hf_quantizer.remove_quantization_config(model)
     if device is not None:
@@ -58,12 +98,79 @@ def load_teacher(path: str, dtype: torch.dtype | None = None, attn_implementatio
     return model
 
 
-def load_tokenizer(path: str):
-    """The teacher's tokenizer (directory / hub id / ``.gguf``)."""
+# ---------------------------------------------------------------------------------------------- tokenizer
+def find_tokenizer(path: str, vocab_size: int | None = None):
+    """``(tokenizer, "")``, or ``(None, why)`` when ``path`` has no usable tokenizer.
+
+    Unusable: no tokenizer files in a model directory, a loader error, or an "empty" tokenizer (fewer
+    than ``EMPTY_TOKENIZER_FRACTION`` x ``vocab_size`` tokens).
+    """
     src, kw = _split(path)
-    return AutoTokenizer.from_pretrained(src, trust_remote_code=False, **kw)
+    p = Path(src)
+    if not kw and p.is_dir() and not any((p / n).is_file() for n in TOKENIZER_FILES):
+        return None, f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False, **kw)
+    except Exception as e:  # noqa: BLE001 - e.g. "need sentencepiece or tiktoken", a malformed tokenizer.json
+        return None, f"cannot load the tokenizer of {path} ({_first_line(e)})"
+    if vocab_size and len(tok) < EMPTY_TOKENIZER_FRACTION * vocab_size:
+        return None, (f"the tokenizer of {path} has {len(tok)} tokens for a model vocabulary of {vocab_size} (an empty "
+                      f"tokenizer: are its tokenizer files missing?)")
+    return tok, ""
 
 
+def load_tokenizer(path: str, vocab_size: int | None = None):
+    """The tokenizer of ``path`` (directory / hub id / ``.gguf``); TeacherError if it has no usable one."""
+    tok, why = find_tokenizer(path, vocab_size)
+    if tok is None:
+        raise TeacherError(why)
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------- identity
 def teacher_fingerprint(config: PretrainedConfig) -> str:
-    """Config hash stored in checkpoints to refuse conversion against another teacher."""
+    """Hash of the architecture-defining config (stored in checkpoints beside the weights fingerprint)."""
     return config_hash(config)
+
+
+def weight_files(path: str) -> list[Path]:
+    """The files holding a model's weights: the ``.gguf`` itself, or the weight files of its directory
+    (a hub id is resolved to its local snapshot, downloading it if allowed)."""
+    src, kw = _split(path)
+    if kw:
+        return [Path(path)]
+    d = Path(src)
+    if not d.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            d = Path(snapshot_download(src, allow_patterns=[f"*{s}" for s in WEIGHT_SUFFIXES] + ["*.json"]))
+        except Exception as e:  # noqa: BLE001 - offline, unknown repo, ...
+            raise TeacherError(f"model {path!r} is not a local path and cannot be resolved on the hub "
+                               f"({_first_line(e)})") from e
+    files = sorted(f for f in d.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        raise TeacherError(f"model directory {str(d)!r} holds no weight files ({', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+    return files
+
+
+def weights_fingerprint(path: str, progress: bool = True) -> str:
+    """A hash that changes when any weight file of ``path`` changes (see the module docstring)."""
+    from .run_dir import sha256_file
+
+    files = weight_files(path)
+    total = sum(f.stat().st_size for f in files)
+    bar = None
+    if progress and total > (1 << 30):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="teacher weights sha256 (cached after the first run)",
+                   file=sys.stderr)
+    parts = []
+    for f in files:
+        parts.append([f.name, cached_json("sha256", f, lambda f=f: sha256_file(f))])
+        if bar is not None:
+            bar.update(f.stat().st_size)
+    if bar is not None:
+        bar.close()
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]

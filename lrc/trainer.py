@@ -1,4 +1,4 @@
-"""LRCTrainer: the HF ``Trainer`` taught four LRC-specific things.
+"""LRCTrainer: the HF ``Trainer`` taught five LRC-specific things.
 
 1. **Loss and optimizer.** ``compute_loss`` runs ``LRCModel`` and returns ``out.loss``; the optimizer
    is AdamW over ``model.trainable_parameters()`` only (betas (0.9, adam_beta2), eps 1e-8, weight
@@ -13,20 +13,23 @@
    student alone: ``eval_loss`` = ``eval_ce`` = its next-token CE, plus ``eval_ppl``.
 3. **Checkpoints hold only what trains.** ``save_model`` / ``_save`` write the projections and
    student gains plus the LRC config and teacher identity (``lrc.checkpoint.save_lrc_checkpoint``:
-   ``lrc_weights.safetensors`` + ``lrc_config.json``), never the teacher, for periodic checkpoints
-   and the final save alike. Resuming loads them back (``_load_from_checkpoint``); optimizer,
-   scheduler, RNG and trainer state come from HF's own files. (Under DeepSpeed the engine's own
-   checkpoint restores the module, as HF does; it contains the frozen teacher too.)
-4. **Atomic checkpoints and a non-finite guard.** transformers 5.24's ``_save_checkpoint`` writes
-   straight into ``checkpoint-N`` (no staging). Here every process writes into
-   ``{output_dir}/.staging/checkpoint-N`` (``_get_output_dir`` points there for the duration of
-   HF's ``_save_checkpoint``), files are fsynced, and after a barrier the main process renames the
-   finished directory to ``checkpoint-N`` (one atomic rename). A run killed at any moment leaves
-   every ``checkpoint-N`` either complete or absent; old checkpoints are rotated out by first
-   renaming them into ``.staging``. Before anything is saved, and at every logging step, the
-   on-device record of the first non-finite micro-step is checked; if there was one, training stops
-   with ``NonFiniteLossError`` naming the optimizer step and the non-finite components, and nothing
-   is written. The check costs one sync per logging step / save, none per micro-step: the step and
+   ``lrc_weights.safetensors`` + ``lrc_config.json``), never the teacher. Resuming loads them back
+   (``_load_from_checkpoint``); optimizer, scheduler, RNG and trainer state come from HF's own files,
+   all read by torch's weights-only unpickler (``lrc.run_dir.weights_only_loads``). (Under DeepSpeed
+   the engine's own checkpoint restores the module, as HF does; it contains the frozen teacher too.)
+4. **The run-directory contract** (``lrc.run_dir``, ``lrc.resume``). Every process writes a checkpoint
+   into ``{output_dir}/.staging/checkpoint-N`` (``_get_output_dir`` points there for the duration of
+   HF's ``_save_checkpoint``); after a barrier the main process adds the run's record
+   (``run_config.json``) and the manifest (sizes and sha256 of every file, written last), and renames
+   the directory to ``checkpoint-N``. A checkpoint is complete exactly when its manifest verifies. A
+   failed save (e.g. a full disk) removes its staging copy and publishes nothing. A resume that
+   changes the batch geometry or the schedule (``--allow_changed``) is applied here: the data
+   position is recomputed in samples (``_init_training_state``), the learning rate and AdamW betas of
+   the restored optimizer are replaced (``_load_optimizer_and_scheduler``).
+5. **A non-finite guard.** Before anything is saved, and at every logging step, the on-device record
+   of the first non-finite micro-step is checked; if there was one, training stops with
+   ``NonFiniteLossError`` naming the optimizer step and the non-finite components, and nothing is
+   written. The check costs one sync per logging step / save, none per micro-step: the step and
    terms of the *first* bad micro-step are recorded on the device, so the report is exact even
    though it arrives up to ``logging_steps`` steps later, and weights corrupted in between are never
    saved because every save checks first.
@@ -35,7 +38,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -46,90 +48,24 @@ from torch import Tensor
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, TeacherRef, list_checkpoints,
-                         load_into_projections, load_lrc_checkpoint, save_lrc_checkpoint)
-from .data import collate_batch
-from .evaluate import ce_sum
 from .baselines import BASELINE_CONFIG_NAME, MAPS_NAME, BaselineModel
+from .checkpoint import CheckpointError, TeacherRef, load_into_projections, load_lrc_checkpoint, save_lrc_checkpoint
+from .data import collate_batch
+from .errors import EXIT_NONFINITE, LRCError
+from .evaluate import ce_sum
 from .model import LRCModel, LRCOutput
+from .resume import BATCH_GEOMETRY, SCHEDULE_FLAGS, ResumePlan, check_resume_compatible, data_position
+from .run_dir import (MODEL_WEIGHTS_NAME, RUN_RECORD_NAME, STAGING_DIR, WEIGHTS_NAME,
+                      newest_complete_checkpoint, publish_checkpoint, rotate_checkpoints, save_files_atomically,
+                      write_json_atomic)
 
-STAGING_DIR = ".staging"
-"""Sub-directory of ``output_dir`` where checkpoints are written before being renamed into place."""
-TRAINER_STATE = "trainer_state.json"
-HF_WEIGHTS_NAME = "model.safetensors"
-"""A baseline's weights: the student as a standard HF checkpoint."""
 _LAYER_KEY_RE = re.compile(r"^L\d+-")
-# Fields of the LRC config that may differ between a checkpoint and the run resuming from it.
-_RESUME_FREE_FIELDS = ("logits_chunk_tokens",)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LRCError, RuntimeError):
     """The loss (or one of its components) became NaN or infinite; training stopped, nothing was saved."""
 
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """A ``checkpoint-N`` directory with its weights (LRC's, or a baseline's ``model.safetensors``) and
-    trainer state."""
-    p = Path(path)
-    has_weights = (p / WEIGHTS_NAME).is_file() or (p / HF_WEIGHTS_NAME).is_file()
-    return has_weights and (p / TRAINER_STATE).is_file()
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The complete ``checkpoint-N`` with the largest N in ``output_dir`` (None if there is none)."""
-    for _, p in reversed(list_checkpoints(output_dir)):
-        if is_complete_checkpoint(p):
-            return p
-    return None
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk (power-loss safety before the rename)."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _discard(path: Path, staging: Path) -> None:
-    """Remove a directory so that it disappears at once: rename it into ``staging``, then delete it."""
-    staging.mkdir(parents=True, exist_ok=True)
-    trash = staging / f"discard-{path.name}-{os.getpid()}"
-    if trash.exists():
-        shutil.rmtree(trash)
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def publish_checkpoint(staged: Path, final: Path) -> None:
-    """Move a finished, staged checkpoint into place with one rename (replacing an older one)."""
-    _fsync_tree(staged)
-    if final.exists():  # e.g. a previous run got this far, then was resumed from an earlier checkpoint
-        _discard(final, staged.parent)
-    os.replace(staged, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
-    """Keep the ``limit`` newest checkpoints (by step); older ones vanish atomically (``_discard``)."""
-    if not limit or limit <= 0:
-        return
-    ckpts = list_checkpoints(output_dir)
-    for _, p in ckpts[:-limit]:
-        _discard(p, output_dir / STAGING_DIR)
+    exit_code = EXIT_NONFINITE
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -210,18 +146,31 @@ class LRCTrainer(Trainer):
     model_class: type = LRCModel
 
     def __init__(self, model: LRCModel, args: TrainingArguments, teacher_ref: TeacherRef,
-                 train_dataset=None, eval_dataset=None, callbacks=None):
+                 train_dataset=None, eval_dataset=None, callbacks=None, run_record: dict[str, Any] | None = None,
+                 resume_plan: ResumePlan | None = None):
+        """``run_record``: written into every checkpoint (``lrc.resume.run_record``); ``resume_plan``: the
+        checkpoint's record and the changes allowed on resume (``lrc.resume.plan_resume``)."""
         if not isinstance(model, self.model_class):
             raise TypeError(f"{type(self).__name__} trains a {self.model_class.__name__}, got {type(model).__name__}")
         super().__init__(model=model, args=args, data_collator=collate_batch, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks)
         self.teacher_ref = teacher_ref
+        self.run_record = run_record
+        self.resume_plan = resume_plan
         self.model_accepts_loss_kwargs = False  # LRCModel.forward takes no num_items_in_batch
         self.meter = LossMeter()
         self._staging_root: str | None = None
         for old, new in ((ProgressCallback, CompactProgressCallback), (PrinterCallback, CompactPrinterCallback)):
             if self.pop_callback(old) is not None:
                 self.add_callback(new)
+
+    def close_progress_bars(self) -> None:
+        """End the progress bar's line (before an error message is printed under it)."""
+        for cb in self.callback_handler.callbacks:
+            bar = getattr(cb, "training_bar", None)
+            if bar is not None:
+                bar.close()
+                cb.training_bar = None
 
     # ------------------------------------------------------------------ model, optimizer, loss
     @property
@@ -275,7 +224,7 @@ class LRCTrainer(Trainer):
         raise NonFiniteLossError(
             f"non-finite loss at step {int(step)}: {', '.join(components)} became NaN/inf{where}; training "
             f"stopped and nothing was saved after it (last good checkpoint: "
-            f"{latest_checkpoint(self.args.output_dir) or 'none'}). Try a lower --learning-rate, "
+            f"{newest_complete_checkpoint(self.args.output_dir)[0] or 'none'}). Try a lower --learning-rate, "
             f"--max_grad_norm, or check the data"
         )
 
@@ -338,10 +287,12 @@ class LRCTrainer(Trainer):
         return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """HF's checkpoint (weights, optimizer, scheduler, RNG, trainer state), staged and renamed into place."""
+        """HF's checkpoint (weights, optimizer, scheduler, RNG, trainer state), staged, recorded, manifested
+        and renamed into place (module docstring, item 4)."""
         self._raise_if_nonfinite()  # before any file is touched
         run_dir = Path(super()._get_output_dir(trial))
-        name = f"checkpoint-{self.state.global_step}"
+        step = self.state.global_step
+        name = f"checkpoint-{step}"
         staging = run_dir / STAGING_DIR
         if self.args.should_save:
             staging.mkdir(parents=True, exist_ok=True)
@@ -351,20 +302,29 @@ class LRCTrainer(Trainer):
         self._staging_root = str(staging)
         try:
             super()._save_checkpoint(model, trial)  # every rank writes into staging/checkpoint-N
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                self._publish(staging / name, run_dir / name, step)
+            self.accelerator.wait_for_everyone()
+            if self.is_local_process_zero() and (staging / name).exists():
+                self._publish(staging / name, run_dir / name, step)  # node-local disks: each node's own copy
+        except BaseException:
+            if self.is_local_process_zero():
+                shutil.rmtree(staging / name, ignore_errors=True)  # nothing half-written stays behind
+            raise
         finally:
             self._staging_root = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            publish_checkpoint(staging / name, run_dir / name)
-        self.accelerator.wait_for_everyone()
-        if self.is_local_process_zero() and (staging / name).exists():
-            publish_checkpoint(staging / name, run_dir / name)  # node-local disks: each node's own copy
         if self.args.should_save:
             rotate_checkpoints(run_dir, self.args.save_total_limit)
             try:
-                staging.rmdir()  # only when empty: nothing half-written is left behind
+                staging.rmdir()  # only when empty
             except OSError:
                 pass
+
+    def _publish(self, staged: Path, final: Path, step: int) -> None:
+        if self.run_record is not None:
+            write_json_atomic(staged / RUN_RECORD_NAME, self.run_record)
+        publish_checkpoint(staged, final, step)
 
     # ------------------------------------------------------------------ resuming
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -375,22 +335,49 @@ class LRCTrainer(Trainer):
         ckpt = load_lrc_checkpoint(ckpt_dir / WEIGHTS_NAME)
         lrc = self.lrc_model
         check_resume_compatible(ckpt.lrc.to_dict(), lrc.lrc_config.to_dict(), ckpt_dir)
-        if ckpt.teacher is not None and ckpt.teacher.config_hash and \
-                ckpt.teacher.config_hash != self.teacher_ref.config_hash:
-            raise CheckpointError(f"cannot resume from {str(ckpt_dir)!r}: it was trained against another teacher "
-                                  f"({ckpt.teacher.name_or_path}, config hash {ckpt.teacher.config_hash}) than "
-                                  f"{self.teacher_ref.name_or_path} (hash {self.teacher_ref.config_hash})")
+        why = ckpt.teacher.mismatch(self.teacher_ref) if ckpt.teacher is not None else None
+        if why:
+            raise CheckpointError(f"cannot resume from {str(ckpt_dir)!r}: it was trained against teacher "
+                                  f"{ckpt.teacher.describe()}, not {self.teacher_ref.describe()}: {why}")
         load_into_projections(lrc.projections, ckpt.weights, what=f"checkpoint {ckpt_dir}")
 
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial) -> tuple[int, int]:
+        """HF's, except after an allowed change of batch size, accumulation or world size: then the data
+        position is the checkpoint's position in samples (``lrc.resume.data_position``)."""
+        epochs, skip = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
+                                                    resume_from_checkpoint, trial)
+        plan = self.resume_plan
+        if resume_from_checkpoint is None or plan is None or not plan.changed & set(BATCH_GEOMETRY) \
+                or self.args.ignore_data_skip:
+            return epochs, skip
+        a = self.args
+        pos = data_position(plan.stored, self.state.global_step, a.per_device_train_batch_size,
+                            a.gradient_accumulation_steps, a.world_size, len(self.train_dataset))
+        if self.is_world_process_zero():
+            print(f"--resume: batch geometry changed: continuing at epoch {pos.epochs_trained}, after "
+                  f"{pos.micro_batches_to_skip} micro-batches of {a.per_device_train_batch_size} per process "
+                  f"({pos.samples_seen_again} samples of the checkpoint's run are seen again)", flush=True)
+        return pos.epochs_trained, pos.micro_batches_to_skip
 
-def check_resume_compatible(stored: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    """Refuse to resume a checkpoint under a different LRC configuration (names the differing fields)."""
-    diff = [f"{k}: checkpoint {stored.get(k)!r} vs now {current.get(k)!r}" for k in sorted(set(stored) | set(current))
-            if k not in _RESUME_FREE_FIELDS and stored.get(k) != current.get(k)]
-    if diff:
-        raise CheckpointError(f"cannot resume from {str(where)!r} with a different LRC configuration ({'; '.join(diff)}); "
-                              f"use the checkpoint's settings (see its {CONFIG_NAME}), or --load_model_weight_path "
-                              f"for a warm start without optimizer state")
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """HF's, then the learning rate and AdamW betas of this run where ``--allow_changed`` allows them:
+        the restored state carries the checkpoint run's values, which would otherwise silently win."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        plan = self.resume_plan
+        if checkpoint is None or plan is None or not plan.changed & set(SCHEDULE_FLAGS):
+            return
+        sched = self.lr_scheduler
+        if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+            raise CheckpointError(f"--allow_changed cannot apply a schedule change to a {type(sched).__name__} "
+                                  f"scheduler (only LambdaLR schedules: linear, cosine, constant, ...)")
+        a = self.args
+        sched.base_lrs = [a.learning_rate for _ in sched.base_lrs]
+        for group, lam in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            group["initial_lr"] = a.learning_rate
+            group["lr"] = a.learning_rate * lam(sched.last_epoch)
+            group["betas"] = (a.adam_beta1, a.adam_beta2)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
 # ---------------------------------------------------------------------------------------------- baselines
@@ -415,38 +402,37 @@ class BaselineTrainer(LRCTrainer):
         return [(f"student.{n}", p) for n, p in m.student.named_parameters()] + \
                [(f"maps.{n}", p) for n, p in m.maps.named_parameters()]
 
+    student_tokenizer = None
+    """Saved into every checkpoint (and so into the final output), which is then a complete HF model."""
+
     def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
-        save_baseline_checkpoint(output_dir, self.lrc_model, state_dict)
+        save_baseline_checkpoint(output_dir, self.lrc_model, state_dict, self.student_tokenizer)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_baseline_checkpoint(resume_from_checkpoint, self.lrc_model)
 
 
-def save_baseline_checkpoint(directory: str | os.PathLike, model: BaselineModel, state_dict: dict[str, Tensor]) -> None:
-    """Write the student (standard HF files), ``baseline_config.json`` and tiny_bert's maps into ``directory``.
-
-    Every file is written under a temporary name and renamed (``save_pretrained`` into a temporary
-    sub-directory whose files are then moved in), so a killed save leaves no half-written file.
-    """
+def save_baseline_checkpoint(directory: str | Path, model: BaselineModel, state_dict: dict[str, Tensor],
+                             tokenizer=None) -> None:
+    """Write the student (standard HF files), ``baseline_config.json``, tiny_bert's maps and the tokenizer
+    (if given) into ``directory``, each file atomically (``lrc.run_dir.save_files_atomically``)."""
     from safetensors.torch import save_file
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".tmp-save-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     student_sd = {k[len("student."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("student.")}
     maps_sd = {k[len("maps."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("maps.")}
-    model.student.save_pretrained(tmp, state_dict=student_sd)
-    if maps_sd:
-        save_file(maps_sd, str(tmp / MAPS_NAME), metadata={"format": "pt"})
-    (tmp / BASELINE_CONFIG_NAME).write_text(model.cfg.to_json())
-    for f in sorted(tmp.iterdir()):
-        os.replace(f, d / f.name)
-    tmp.rmdir()
+
+    def write(tmp: Path) -> None:
+        model.student.save_pretrained(tmp, state_dict=student_sd)
+        if maps_sd:
+            save_file(maps_sd, str(tmp / MAPS_NAME), metadata={"format": "pt"})
+        (tmp / BASELINE_CONFIG_NAME).write_text(model.cfg.to_json())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    save_files_atomically(directory, write)
 
 
-def load_baseline_checkpoint(directory: str | os.PathLike, model: BaselineModel) -> None:
+def load_baseline_checkpoint(directory: str | Path, model: BaselineModel) -> None:
     """Restore a baseline's student (and maps) from a checkpoint written by ``save_baseline_checkpoint``.
 
     Strict: the method, the student architecture and every tensor name and shape must match.
@@ -456,8 +442,8 @@ def load_baseline_checkpoint(directory: str | os.PathLike, model: BaselineModel)
     from safetensors.torch import load_file
 
     d = Path(directory)
-    if not (d / HF_WEIGHTS_NAME).is_file():
-        raise CheckpointError(f"cannot resume from {str(d)!r}: no {HF_WEIGHTS_NAME} in it (not a baseline checkpoint)")
+    if not (d / MODEL_WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"cannot resume from {str(d)!r}: no {MODEL_WEIGHTS_NAME} in it (not a baseline checkpoint)")
     cfg_file = d / BASELINE_CONFIG_NAME
     if cfg_file.is_file():
         stored = json.loads(cfg_file.read_text())
@@ -468,7 +454,7 @@ def load_baseline_checkpoint(directory: str | os.PathLike, model: BaselineModel)
                                   + ", ".join(f"{k}={stored.get(k)!r}" for k in diff)
                                   + " but this run has " + ", ".join(f"{k}={current.get(k)!r}" for k in diff))
         check_resume_compatible(stored.get("lrc", {}), current["lrc"], d)
-    _load_strict(model.student, load_file(str(d / HF_WEIGHTS_NAME)), f"{d / HF_WEIGHTS_NAME}", tied_ok=True)
+    _load_strict(model.student, load_file(str(d / MODEL_WEIGHTS_NAME)), f"{d / MODEL_WEIGHTS_NAME}", tied_ok=True)
     if len(model.maps):
         if not (d / MAPS_NAME).is_file():
             raise CheckpointError(f"cannot resume tiny_bert from {str(d)!r}: {MAPS_NAME} is missing")

@@ -173,7 +173,7 @@ def cli(**kwargs: Any) -> None:
 if __name__ == "__main__":
     import fire
 
-    from lrc.cli_errors import run_cli
+    from lrc.errors import run_cli
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(run_cli(lambda: fire.Fire(cli)))

@@ -222,9 +222,9 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         if res_file.is_file():
             print(f"[{method} @ {budget:,} tokens] done before: {res_file}", flush=True)
             continue
-        from lrc.trainer import latest_checkpoint
+        from lrc.run_dir import newest_complete_checkpoint
 
-        done = latest_checkpoint(run_dir)
+        done = newest_complete_checkpoint(run_dir)[0]
         if done is not None and int(done.name.split("-")[1]) > steps:
             raise SystemExit(f"error: {method} has trained past {steps} steps ({done}); a budget below it cannot be "
                              f"evaluated any more: use another --out for it")
@@ -232,6 +232,9 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         flags = {**run_flags(cfg, teacher, train_file, run_dir, steps), **method_flags(method)}
         t0 = time.time()
         trainer = hf_trainer.train(hf_trainer.parse_flags(flags))
+        if trainer is None:
+            raise SystemExit(f"error: {run_dir} finished {steps} steps before, but {res_file} is missing: move "
+                             f"{run_dir} away to train this budget again")
         wall = time.time() - t0
         model = trainer.lrc_model
         scored = model if is_lrc(method) else model.student

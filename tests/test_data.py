@@ -68,7 +68,7 @@ def test_packed_round_trip_cut_and_padding(tmp_path):
         {"input_ids": [3, 4, 99]},  # 3 < 8: padded
     ]
     ds = PackedJsonlDataset(write_jsonl(tmp_path / "d.jsonl", rows), data_max_len=8, vocab_size=100)
-    assert len(ds) == 3 and ds.num_lines == 4
+    assert len(ds) == 3
     assert ds.offsets.dtype == np.uint64
 
     a, b, c = ds[0], ds[1], ds[2]
@@ -89,7 +89,7 @@ def test_packed_round_trip_cut_and_padding(tmp_path):
 
 def test_packed_random_access_is_order_independent(tmp_path):
     rng = random.Random(0)
-    seqs = [[rng.randrange(1000) for _ in range(rng.randrange(1, 40))] for _ in range(200)]
+    seqs = [[rng.randrange(1000) for _ in range(rng.randrange(2, 40))] for _ in range(200)]
     rows: list = []
     for s in seqs:
         rows.append({"input_ids": s, "data_cls": "general"})
@@ -107,7 +107,7 @@ def test_packed_random_access_is_order_independent(tmp_path):
 
 
 def test_packed_is_picklable_and_works_in_worker_processes(tmp_path):
-    rows = [{"input_ids": [i + 1] * (i % 7 + 1)} for i in range(20)]
+    rows = [{"input_ids": [i + 1] * (i % 7 + 2)} for i in range(20)]
     ds = PackedJsonlDataset(write_jsonl(tmp_path / "p.jsonl", rows), data_max_len=4, vocab_size=50)
     ds[5]  # opens the file in this process
     clone = pickle.loads(pickle.dumps(ds))
@@ -122,26 +122,62 @@ def test_packed_is_picklable_and_works_in_worker_processes(tmp_path):
 @pytest.mark.parametrize("line, expected", [
     ('{"input_ids": [1, 2,, 3]}', "not valid JSON ("),
     ('{"input_ids": [1, 2, 50000]}', "token id 50000 >= vocab size 49152"),
-    ('{"input_ids": [49152]}', "token id 49152 >= vocab size 49152"),
+    ('{"input_ids": [49152, 3]}', "token id 49152 >= vocab size 49152"),
     ('{"input_ids": [1, -3]}', "token id -3 < 0"),
     ('{"input_ids": [1, 2.5]}', "input_ids[1] is 2.5, expected an integer token id"),
-    ('{"input_ids": [true]}', "input_ids[0] is true, expected an integer token id"),
+    ('{"input_ids": [true, 5]}', "input_ids[0] is true, expected an integer token id"),
+    ('{"input_ids": [5, false]}', "input_ids[1] is false, expected an integer token id"),
+    ('{"input_ids": [5, 99999999999999999999999]}', "input_ids[1] is 1e+23, expected an integer token id"),
     ('{"ids": [1, 2]}', "no 'input_ids' list"),
     ('{"input_ids": "1 2 3"}', "no 'input_ids' list"),
-    ('{"input_ids": []}', "empty 'input_ids' list"),
+    ('{"input_ids": []}', "'input_ids' has 0 tokens; a sequence needs at least 2"),
+    ('{"input_ids": [7]}', "'input_ids' has 1 token; a sequence needs at least 2"),
     ('[1, 2, 3]', "expected a JSON object"),
 ])
-def test_packed_bad_line_names_file_and_line(tmp_path, line, expected):
+def test_packed_bad_line_is_found_before_training(tmp_path, line, expected):
     # the bad line is line 5: a blank line before it must still be counted
-    rows = [{"input_ids": [0, 2]}, {"input_ids": [V - 1]}, None, {"input_ids": [4]}, {}]
+    rows = [{"input_ids": [0, 2]}, {"input_ids": [V - 1, 0]}, None, {"input_ids": [4, 5]}, {}]
     path = write_jsonl(tmp_path / "x.jsonl", rows, {5: line})
-    ds = PackedJsonlDataset(path, data_max_len=4, vocab_size=V)
-    assert len(ds) == 4
-    assert ds[0]["input_ids"][:2].tolist() == [0, 2] and ds[1]["input_ids"][0] == V - 1  # ids 0 and V-1 are fine
     with pytest.raises(DataError) as e:
-        ds[3]
+        PackedJsonlDataset(path, data_max_len=4, vocab_size=V)  # at construction, not when line 5 is read
     assert str(e.value).startswith(f"{path}:5: ")
     assert expected in str(e.value)
+
+
+def test_packed_invalid_utf8_line(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b'{"input_ids": [1, 2]}\n{"input_ids": [1, 2], "t": "\xff"}\n')
+    with pytest.raises(DataError, match=r"u\.jsonl:2: not valid UTF-8"):
+        PackedJsonlDataset(path, data_max_len=4, vocab_size=V)
+
+
+def test_packed_line_changed_after_the_check_is_still_refused(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [{"input_ids": [1, 2]}, {"input_ids": [3, 4]}])
+    ds = PackedJsonlDataset(path, data_max_len=4, vocab_size=V)
+    assert ds[1]["input_ids"][:2].tolist() == [3, 4]
+    path.write_bytes(path.read_bytes().replace(b"[3, 4]", b"[3, -4]"))  # a later line moves by one byte only
+    with pytest.raises(DataError, match=r"x\.jsonl:2: token id -4 < 0"):
+        ds[1]
+
+
+def test_packed_check_is_parallel_for_big_files_and_cached(tmp_path, monkeypatch):
+    import lrc.data_check as dc
+
+    rows = [{"input_ids": list(range(2, 4 + i % 30))} for i in range(3000)]
+    rows[2500] = {"input_ids": [1, V]}
+    path = write_jsonl(tmp_path / "big.jsonl", rows)
+    monkeypatch.setattr(dc, "PARALLEL_FROM_BYTES", 1)  # several processes, each on a byte range
+    monkeypatch.setattr(dc, "_RANGE_BYTES", 20_000)
+    with pytest.raises(DataError, match=rf"big\.jsonl:2501: token id {V} >= vocab size {V}"):
+        dc.index_packed_jsonl(str(path), V, progress=False)
+    rows[2500] = {"input_ids": [1, 2]}
+    path = write_jsonl(tmp_path / "ok.jsonl", rows)
+    ds = PackedJsonlDataset(path, data_max_len=40, vocab_size=V, progress=False)
+    starts = np.cumsum([0] + [len(json.dumps(r)) + 1 for r in rows[:-1]])
+    assert np.array_equal(ds.offsets, starts.astype(np.uint64))
+    assert [ds.read_ids(i) for i in (0, 2500, 2999)] == [rows[0]["input_ids"], [1, 2], rows[2999]["input_ids"]]
+    monkeypatch.setattr(dc, "index_packed_jsonl", lambda *a, **k: pytest.fail("checked again: the cache was not used"))
+    assert np.array_equal(PackedJsonlDataset(path, data_max_len=40, vocab_size=V).offsets, ds.offsets)
 
 
 def test_packed_empty_and_blank_files(tmp_path):
@@ -308,13 +344,13 @@ def test_build_dataset_dispatch(tok, tmp_path):
 
     texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "Hello there."}, {"text": "General Kenobi."}])
     assert isinstance(build_dataset(texts, 8, V, tokenizer=tok), TextDataset)
-    with pytest.raises(DataError, match="t.jsonl: raw text requires the teacher tokenizer"):
+    with pytest.raises(DataError, match="t.jsonl: raw text needs the teacher's tokenizer, but none was given"):
         build_dataset(texts, 8, V)
 
     txt = SAMPLE / "heldout.txt"
     ds = build_dataset(str(txt), 256, V, tokenizer=tok)
     assert isinstance(ds, TextDataset) and len(ds) > 10
-    with pytest.raises(DataError, match="heldout.txt: raw text requires the teacher tokenizer"):
+    with pytest.raises(DataError, match="heldout.txt: raw text needs the teacher.s tokenizer, but none was given"):
         build_dataset(str(txt), 256, V)
     xz = tmp_path / "h.xz"
     xz.write_bytes(lzma.compress(txt.read_bytes()))

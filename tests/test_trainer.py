@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import fire
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,8 +26,10 @@ from transformers import TrainerCallback
 
 import hf_trainer
 from lrc.checkpoint import WEIGHTS_NAME, load_lrc_checkpoint
-from lrc.trainer import STAGING_DIR, LRCTrainer, NonFiniteLossError, is_complete_checkpoint, latest_checkpoint
-from tiny import VOCAB, save_teacher, tiny_teacher
+from lrc.run_dir import STAGING_DIR, newest_complete_checkpoint, verify_checkpoint
+from lrc.trainer import LRCTrainer, NonFiniteLossError
+from tiny import VOCAB, tiny_teacher
+from trainer_helpers import base_flags, cli, make_assets, train, train_logs, weights
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss", "attn-out-sim-loss", "mlp-gate-loss",
@@ -39,55 +39,7 @@ TERMS = ("attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss", "attn-out-sim-
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """A tiny tied Llama teacher (2 layers, d=64) with a tokenizer, packed jsonl and a text file."""
-    d = tmp_path_factory.mktemp("assets")
-    teacher = save_teacher(tiny_teacher("llama", tied=True, layers=2), d / "teacher")
-    rng = random.Random(0)
-    # Repetitive token patterns so the student has something learnable beyond the clone terms.
-    rows = []
-    for _ in range(96):
-        start = rng.randrange(3, VOCAB - 20)
-        rows.append({"input_ids": [start + (i % 7) for i in range(32)], "data_cls": "general"})
-    packed = d / "train.jsonl"
-    packed.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    words = [f"w{i}" for i in range(VOCAB - 3)]
-    paras = [" ".join(words[(s + k) % len(words)] for k in range(rng.randrange(20, 60)))
-             for s in (rng.randrange(len(words)) for _ in range(120))]
-    text = d / "train.txt"
-    text.write_text("\n\n".join(paras) + "\n")
-    held = d / "heldout.txt"
-    held.write_text("\n\n".join(paras[:20]) + "\n")
-    return {"teacher": teacher, "packed": str(packed), "text": str(text), "heldout": str(held)}
-
-
-def base_flags(assets, out, **over) -> dict:
-    flags = dict(raw_model_name=assets["teacher"], dataset_name=assets["packed"], output_dir=str(out),
-                 target_hidden_size=32, data_max_len=32, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0,
-                 max_steps=6, log_steps=1, save_steps=3, report_to="none", seed=7)
-    flags.update(over)
-    return flags
-
-
-def train(assets, out, trainer_cls=None, **over):
-    return hf_trainer.train(hf_trainer.parse_flags(base_flags(assets, out, **over)), trainer_cls)
-
-
-def cli(*argv: str) -> int:
-    """Run hf_trainer's fire entry point in-process on an argv list; return its exit code."""
-    try:
-        fire.Fire(hf_trainer.main, command=list(argv))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
-def train_logs(out: Path) -> list[dict]:
-    state = json.loads((Path(out) / "trainer_state.json").read_text())
-    return [h for h in state["log_history"] if "loss" in h and "learning_rate" in h]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(path) / WEIGHTS_NAME))
+    return make_assets(tmp_path_factory.mktemp("assets"))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -106,7 +58,7 @@ def test_official_readme_command_trains(assets, tmp_path, capsys):
     assert rc == 0, captured.err[-3000:]
     # outputs exactly where asked: checkpoints (incl. the final step) and final weights at the root
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
-    assert all(is_complete_checkpoint(out / n) for n in ("checkpoint-2", "checkpoint-3"))
+    assert all(verify_checkpoint(out / n) is None for n in ("checkpoint-2", "checkpoint-3"))
     assert not (out / STAGING_DIR).exists() or not any((out / STAGING_DIR).iterdir())
     assert str(out.resolve()) in captured.out
     assert "--use_accelerate" in captured.err and "no effect" in captured.err  # dead flag: warned, not silent
@@ -239,7 +191,7 @@ def test_resume_is_bitwise_exact(assets, tmp_path):
     over = dict(max_steps=7, save_steps=3, log_steps=1, batch_size=2, gradient_accumulation_steps=2)
     train(assets, tmp_path / "one", **over)
     train(assets, tmp_path / "two", trainer_cls=stop_at(3), **over)
-    assert latest_checkpoint(tmp_path / "two").name == "checkpoint-3"
+    assert newest_complete_checkpoint(tmp_path / "two")[0].name == "checkpoint-3"
     resumed = train(assets, tmp_path / "two", resume="auto", **over)
     assert resumed.state.global_step == 7
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -327,13 +279,13 @@ def test_sigkill_during_save_keeps_previous_checkpoint(assets, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     # checkpoint-4 does not exist under its final name; checkpoint-2 is complete and loadable
     assert not (out / "checkpoint-4").exists()
-    assert latest_checkpoint(out) == out / "checkpoint-2"
+    assert newest_complete_checkpoint(out)[0] == out / "checkpoint-2"
     assert load_lrc_checkpoint(out / "checkpoint-2").lrc.target_hidden_size == 32
     # resuming picks it up and finishes; the half-written staging copy is cleaned up
     trainer = train(assets, out, resume="auto", max_steps=6, save_steps=2)
     assert trainer.state.global_step == 6
     assert [h["step"] for h in train_logs(out)] == list(range(1, 7))
-    assert all(is_complete_checkpoint(out / f"checkpoint-{s}") for s in (4, 6))
+    assert all(verify_checkpoint(out / f"checkpoint-{s}") is None for s in (4, 6))
     assert not (out / STAGING_DIR / "checkpoint-4").exists()
 
 
@@ -469,7 +421,7 @@ def test_two_processes_match_one(assets, tmp_path, backend):
     for a, b in zip(l1, l2):
         for k in ("loss", "ce", "kl", "clone"):
             assert a[k] == pytest.approx(b[k], rel=1e-4), (k, a[k], b[k])
-    assert is_complete_checkpoint(multi / "checkpoint-2") and is_complete_checkpoint(multi / "checkpoint-4")
+    assert verify_checkpoint(multi / "checkpoint-2") is None and verify_checkpoint(multi / "checkpoint-4") is None
     if backend == "deepspeed_zero2":
         assert (multi / "checkpoint-4" / "global_step4").is_dir()  # DeepSpeed really ran (its engine state)
         # resume through DeepSpeed's own checkpoint loading, 2 more steps

@@ -1,0 +1,606 @@
+"""The run directory (``--output_dir``) and its rules, in one place.
+
+Layout (docs/TRAINING.md, "What a run guarantees")::
+
+    OUT/
+      .lrc.lock               held (flock) by the run's main process for its whole life; names the holder
+      run_config.json         the record of the run that last started here (lrc.resume.run_record)
+      .staging/               checkpoints being written; whatever is left there is deleted at the next start
+      checkpoint-N/           complete or absent (written in .staging/, renamed into place)
+        run_config.json       the record of the run that wrote it: what a resume is compared with
+        lrc_manifest.json     every other file below checkpoint-N/: path, size, sha256 (written last)
+        lrc_weights.safetensors lrc_config.json | model.safetensors config.json baseline_config.json ...
+        optimizer.pt scheduler.pt rng_state*.pth trainer_state.json   (HF's)
+        global_stepN/ latest zero_to_fp32.py                          (DeepSpeed's)
+      final files             the trained weights, trainer_state.json, run_config.json ...
+      lrc_manifest.json       the final files, written last: the run finished at that step
+
+Rules:
+- a file is written under a temporary name, fsynced and renamed (``atomic_write``); a directory of
+  files is written in a temporary directory and renamed (``publish_checkpoint``);
+- a checkpoint or a finished run is complete exactly when its manifest verifies (``verify_manifest``):
+  every listed file present with its size and sha256, nothing unlisted (a checkpoint);
+- one run at a time: ``RunLock`` (a kernel ``flock`` on ``.lrc.lock``; a holder that died is reported
+  and replaced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import CONFIG_NAME as HF_CONFIG_NAME
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from .errors import LRCError
+
+# ---------------------------------------------------------------------------------------------- file names
+WEIGHTS_NAME = "lrc_weights.safetensors"
+"""An LRC checkpoint's trainable tensors (projections and student gains)."""
+CONFIG_NAME = "lrc_config.json"
+"""The same checkpoint's LRC config and teacher identity, readable."""
+MODEL_WEIGHTS_NAME = SAFE_WEIGHTS_NAME
+"""A baseline's (standard HF) weights, ``model.safetensors``."""
+MODEL_CONFIG_NAME = HF_CONFIG_NAME
+# HF Trainer's own files. Equal to transformers.trainer's constants (asserted in tests/test_run_dir.py);
+# not imported from there because that module takes seconds to import.
+TRAINER_STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+RUN_RECORD_NAME = "run_config.json"
+"""The run's record (flags, world size, data, teacher): at the root and inside every checkpoint."""
+MANIFEST_NAME = "lrc_manifest.json"
+LOCK_NAME = ".lrc.lock"
+STAGING_DIR = ".staging"
+"""Sub-directory of ``OUT`` where checkpoints are written before being renamed into place."""
+MANIFEST_FORMAT = 1
+_CKPT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_HASH_CHUNK = 8 << 20
+
+
+class RunDirError(LRCError):
+    """The output directory cannot be used (not writable, held by another run, holds another run)."""
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Write a file under a temporary name in its directory (``write(tmp_path)``), fsync it, rename it.
+
+    A crash or an error (e.g. ENOSPC) at any moment leaves either the old file or the new one under
+    ``path``, never a part; the temporary file is removed on error.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; run files are shared files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def save_files_atomically(directory: str | os.PathLike, writer: Callable[[Path], object]) -> list[str]:
+    """Let ``writer(tmp_dir)`` write files (e.g. ``save_pretrained``), then move each into ``directory``.
+
+    Every file appears under its final name complete or not at all. Returns the names moved.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-save-", dir=d))
+    try:
+        writer(tmp)
+        names = sorted(f.name for f in tmp.iterdir())
+        for name in names:
+            if (tmp / name).is_dir():
+                raise RunDirError(f"{tmp / name}: a writer left a directory; only files can be moved atomically")
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp / name, 0o666 & ~current_umask())
+        for name in names:
+            os.replace(tmp / name, d / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(d)
+    return names
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """Flush every file and directory under ``root`` to disk (power-loss safety before a rename)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe_files(root: Path, rels: list[str]) -> dict[str, dict[str, Any]]:
+    """{relative path: {"bytes", "sha256"}}; hashed in threads (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(rels)))) as pool:
+        digests = list(pool.map(lambda r: sha256_file(root / r), rels))
+    return {r: {"bytes": (root / r).stat().st_size, "sha256": h} for r, h in zip(rels, digests)}
+
+
+def _tree_files(root: Path) -> list[str]:
+    """Every file below ``root`` (relative, sorted), the manifest excluded."""
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            if rel != MANIFEST_NAME:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(root: str | os.PathLike, step: int, files: Iterable[str] | None = None) -> Path:
+    """Write ``root/lrc_manifest.json`` last: the step and every file's size and sha256.
+
+    ``files=None``: every file below ``root`` (a checkpoint directory, which must then hold nothing
+    else to verify). A list: just those files (the final files at a run's root).
+    """
+    root = Path(root)
+    kind = "checkpoint" if files is None else "final"
+    rels = _tree_files(root) if files is None else sorted(set(files))
+    manifest = {"lrc_manifest": MANIFEST_FORMAT, "kind": kind, "step": int(step),
+                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": _describe_files(root, rels)}
+    return write_json_atomic(root / MANIFEST_NAME, manifest)
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The parsed manifest of ``root``; a missing or malformed one raises RunDirError saying so."""
+    p = Path(root) / MANIFEST_NAME
+    if not p.is_file():
+        raise RunDirError(f"no {MANIFEST_NAME} (incomplete, or written before manifests existed)")
+    try:
+        m = json.loads(p.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{MANIFEST_NAME} is not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("lrc_manifest") != MANIFEST_FORMAT or not isinstance(m.get("files"), dict) \
+            or not isinstance(m.get("step"), int):
+        raise RunDirError(f"{MANIFEST_NAME} is not an lrc manifest of format {MANIFEST_FORMAT}")
+    return m
+
+
+def verify_manifest(root: str | os.PathLike) -> str | None:
+    """None if ``root`` is complete per its manifest, else the first reason it is not (one phrase)."""
+    root = Path(root)
+    try:
+        m = read_manifest(root)
+    except RunDirError as e:
+        return str(e)
+    files: dict[str, Any] = m["files"]
+    for rel, info in sorted(files.items()):
+        p = root / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != info.get("bytes"):
+            return f"{rel} has {p.stat().st_size} bytes, the manifest says {info.get('bytes')}"
+    if m["kind"] == "checkpoint":
+        extra = sorted(set(_tree_files(root)) - set(files))
+        if extra:
+            return f"{extra[0]} is not in the manifest (written by something else?)"
+    rels = sorted(files)
+    actual = _describe_files(root, rels)
+    for rel in rels:
+        if actual[rel]["sha256"] != files[rel].get("sha256"):
+            return f"{rel} does not match its sha256 in the manifest (changed or corrupt)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N`` directory in ``output_dir``, oldest first (unverified)."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name)))
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    m = _CKPT_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """None if ``path`` is a complete checkpoint (its manifest verifies and names its step), else why not."""
+    problem = verify_manifest(path)
+    if problem is None:
+        step = read_manifest(path)["step"]
+        if checkpoint_step(path) not in (None, step):
+            problem = f"its manifest is for step {step}"
+    return problem
+
+
+def newest_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest ``checkpoint-N`` whose manifest verifies, and the newer ones skipped with the reason."""
+    skipped: list[tuple[Path, str]] = []
+    for _, p in reversed(list_checkpoints(output_dir)):
+        problem = verify_checkpoint(p)
+        if problem is None:
+            return p, skipped
+        skipped.append((p, problem))
+    return None, skipped
+
+
+def finished_step(output_dir: str | os.PathLike) -> int | None:
+    """The step a run finished at, if the final files at the root verify against the root manifest."""
+    root = Path(output_dir)
+    if verify_manifest(root) is not None:
+        return None
+    m = read_manifest(root)
+    return m["step"] if m["kind"] == "final" else None
+
+
+def discard(path: Path, staging: Path) -> None:
+    """Remove a directory so that it disappears at once: rename it into ``staging``, then delete it."""
+    staging.mkdir(parents=True, exist_ok=True)
+    trash = staging / f"discard-{path.name}-{os.getpid()}"
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_checkpoint(staged: Path, final: Path, step: int) -> None:
+    """Write the manifest of a finished staged checkpoint, then move it into place with one rename."""
+    write_manifest(staged, step)
+    fsync_tree(staged)
+    if final.exists():  # e.g. a previous run got this far, then was resumed from an earlier checkpoint
+        discard(final, staged.parent)
+    os.replace(staged, final)
+    fsync_dir(final.parent)
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
+    """Keep the ``limit`` newest checkpoints (by step); older ones vanish atomically (``discard``)."""
+    if not limit or limit <= 0:
+        return
+    for _, p in list_checkpoints(output_dir)[:-limit]:
+        discard(p, output_dir / STAGING_DIR)
+
+
+# ---------------------------------------------------------------------------------------------- the directory
+def check_output_dir(output_dir: str | os.PathLike) -> int:
+    """Create ``output_dir`` if needed and prove it writable (a probe file); return its free bytes.
+
+    Raises RunDirError (one line) for a path that is a file, cannot be created, or cannot be written.
+    """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--output_dir {str(out)!r} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise RunDirError(f"--output_dir {str(out)!r} is not writable: {e.strerror or e}") from None
+    return shutil.disk_usage(out).free
+
+
+def previous_run_files(output_dir: str | os.PathLike) -> list[str]:
+    """Names in ``output_dir`` that a run leaves behind (checkpoints, record, final files, manifest)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    names = {RUN_RECORD_NAME, MANIFEST_NAME, WEIGHTS_NAME, CONFIG_NAME, TRAINER_STATE_NAME, MODEL_WEIGHTS_NAME}
+    found = [p.name for _, p in list_checkpoints(out)]
+    found += sorted(n for n in names if (out / n).exists())
+    return found
+
+
+def clear_previous_run(output_dir: str | os.PathLike) -> None:
+    """Delete what a previous run left (``--overwrite_output_dir``): checkpoints, final files, record.
+
+    The root manifest goes first, so an interrupted clear never leaves a run that looks finished.
+    """
+    out = Path(output_dir)
+    for name in [MANIFEST_NAME] + previous_run_files(out):
+        p = out / name
+        if p.is_dir():
+            discard(p, out / STAGING_DIR)
+        elif p.exists():
+            p.unlink()
+    clear_staging(out)
+
+
+def clear_staging(output_dir: str | os.PathLike) -> None:
+    """Delete half-written checkpoints of a killed run."""
+    shutil.rmtree(Path(output_dir) / STAGING_DIR, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- the lock
+@dataclass
+class LockHolder:
+    host: str
+    pid: int
+    started: str
+    command: str = ""
+
+    def describe(self) -> str:
+        return f"host {self.host}, pid {self.pid}, started {self.started}"
+
+
+class RunLock:
+    """Exclusive lock on an output directory for a run's life (``with RunLock(out) as lock: ...``).
+
+    A kernel ``flock`` on ``OUT/.lrc.lock`` decides who holds it, so a run that dies releases it
+    with its process. The file also names the holder (host, pid, start, command) for the refusal
+    message. A holder that died without releasing (SIGKILL, node failure) is reported
+    (``stale_holder``) and replaced. On filesystems without ``flock`` (some Lustre mounts), the
+    file alone decides: a holder on this host whose pid is gone is stale; on another host it is
+    presumed alive (delete the file if you know that run is gone).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.path = Path(output_dir) / LOCK_NAME
+        self.fd: int | None = None
+        self.stale_holder: LockHolder | None = None
+        self.kernel_lock = True
+
+    def _read(self) -> LockHolder | None:
+        try:
+            d = json.loads(self.path.read_text() or "null")
+            return LockHolder(str(d["host"]), int(d["pid"]), str(d["started"]), str(d.get("command", "")))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def _refuse(self, holder: LockHolder | None) -> RunDirError:
+        who = holder.describe() if holder else "an unknown process"
+        return RunDirError(f"--output_dir {str(self.path.parent)!r} is in use by another run ({who}); wait for it to "
+                           f"end or use another --output_dir (lock file {self.path})")
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._refuse(self._read()) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            self.kernel_lock = False
+        previous = self._read()
+        if previous is not None and (previous.host, previous.pid) != (socket.gethostname(), os.getpid()):
+            if not self.kernel_lock and (previous.host != socket.gethostname() or _pid_alive(previous.pid)):
+                os.close(fd)
+                raise self._refuse(previous)
+            self.stale_holder = previous  # its process is gone (the kernel lock was free) but never released
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Mark the lock released (an empty file) and drop the kernel lock."""
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        os.close(self.fd)  # closing the descriptor releases the flock
+        self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire() if self.fd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- loading
+WEIGHTS_ONLY_ENV = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+def deepspeed_state_globals() -> list:
+    """The few classes DeepSpeed pickles into its checkpoint states (data only: a loss-scaler record and
+    enums), allowed by the weights-only unpickler. Empty when DeepSpeed is not in use."""
+    if "deepspeed" not in sys.modules:  # not in use (accelerate imports it when DeepSpeed is enabled)
+        return []
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def unpickler_refusal(e: BaseException) -> str:
+    """The reason line of torch's weights-only refusal, e.g. ``Trying to load unsupported GLOBAL posix.system ...``."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL " in ln or ln.startswith(("Unsupported", "Trying to load")):
+            return ln
+    return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """While active, every ``torch.load`` in this process uses torch's weights-only unpickler, even where
+    the caller asks for ``weights_only=False`` (DeepSpeed's checkpoint engine does): a pickle that would
+    run code (e.g. one planted in ``global_stepN/*.pt``) is refused with ``pickle.UnpicklingError``
+    instead of executed. Uses torch's own switch, ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``, and its allowlist
+    (``torch.serialization.safe_globals``) for DeepSpeed's data classes."""
+    import torch
+
+    old = os.environ.get(WEIGHTS_ONLY_ENV)
+    os.environ[WEIGHTS_ONLY_ENV] = "1"
+    try:
+        with torch.serialization.safe_globals(deepspeed_state_globals()):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop(WEIGHTS_ONLY_ENV, None)
+        else:
+            os.environ[WEIGHTS_ONLY_ENV] = old
+
+
+# ---------------------------------------------------------------------------------------------- final outputs
+def _resume_only(name: str) -> bool:
+    """Files of a checkpoint that only a resume needs (not part of the final outputs)."""
+    return name in (OPTIMIZER_NAME, SCHEDULER_NAME, "scaler.pt", "training_args.bin", "latest", "zero_to_fp32.py",
+                    MANIFEST_NAME, RUN_RECORD_NAME, TRAINER_STATE_NAME) or name.startswith("rng_state")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put ``src``'s content at ``dst`` atomically: a hard link (no copy, no extra space), else a copy."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        atomic_write(dst, lambda p: shutil.copyfile(src, p))
+        return
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+
+
+def write_final_outputs(output_dir: str | os.PathLike, checkpoint: str | os.PathLike,
+                        write_trainer_state: Callable[[str], object] | None = None) -> list[str]:
+    """Make the run's root hold its final outputs, taken from its last checkpoint, and the root manifest.
+
+    The trained weights (and config, tokenizer ...) are the last checkpoint's, hard-linked; the
+    root ``trainer_state.json`` is written by ``write_trainer_state(path)`` (the in-memory state, with
+    the run's summary) or copied from the checkpoint. The old root manifest goes first and the new one
+    is written last, so at no moment does an incomplete root look finished. Returns the final files.
+    """
+    out, ckpt = Path(output_dir), Path(checkpoint)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    fsync_dir(out)
+    names = sorted(p.name for p in ckpt.iterdir() if p.is_file() and not _resume_only(p.name))
+    for name in names:
+        link_or_copy(ckpt / name, out / name)
+    if write_trainer_state is None:
+        link_or_copy(ckpt / TRAINER_STATE_NAME, out / TRAINER_STATE_NAME)
+    else:
+        atomic_write(out / TRAINER_STATE_NAME, write_trainer_state)
+    files = names + [TRAINER_STATE_NAME] + ([RUN_RECORD_NAME] if (out / RUN_RECORD_NAME).is_file() else [])
+    write_manifest(out, read_manifest(ckpt)["step"], files)
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- several processes
+class FollowedError(LRCError):
+    """Raised on the other ranks when the main process's decision failed: same code, printed once (by main)."""
+
+    quiet = True
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def decided_on_main(fn: Callable[[], Any], main: bool) -> Any:
+    """Run ``fn`` on the main process only and hand its result (or its one-line failure) to every rank.
+
+    Output-directory decisions (lock, resume plan) are taken once, by the process that owns the
+    directory; under ``torch.distributed`` the other ranks receive the same answer.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn()
+    box: list[Any] = [None]
+    failure: BaseException | None = None
+    if main:
+        try:
+            box = [("ok", fn())]
+        except LRCError as e:
+            failure, box = e, [("error", str(e), e.exit_code)]
+        except OSError as e:
+            from .errors import EXIT_USER, describe_os_error
+
+            failure, box = e, [("error", describe_os_error(e), EXIT_USER)]
+        except BaseException as e:
+            failure, box = e, [("error", f"the main process failed ({type(e).__name__}: {e})", 1)]
+    dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    if box[0][0] == "error":
+        raise FollowedError(box[0][1], box[0][2])
+    return box[0][1]

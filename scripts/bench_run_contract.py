@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""What the run contract costs: the packed-jsonl check before training, and sha256 (manifests, teacher identity).
+
+    HF_HUB_OFFLINE=1 python scripts/bench_run_contract.py [--gb 1.0] [--path FILE.jsonl] [--keep]
+
+Writes (or reuses, with ``--path``) a packed jsonl of 2048-token lines with ids below 128,256 (a
+Llama-3 vocabulary) of about ``--gb`` GB, then times, each in a fresh cache directory:
+
+- ``index_packed_jsonl`` in one process (the check's CPU cost per GB);
+- the default path (``cached_index``: byte ranges checked by up to 16 processes, progress bar);
+- the same call again (the cached result: what a restart or a resume pays);
+- sha256 of the file (what a manifest costs per GB of checkpoint, and the teacher fingerprint per
+  GB of weights on first use) and ``weights_fingerprint``-style cached lookups.
+
+Reports wall and process CPU seconds and the machine load (1-minute load average) before each phase.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VOCAB = 128_256
+SEQ = 2048
+
+
+def write_packed(path: Path, gb: float) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    target, n = int(gb * 1e9), 0
+    with open(path, "w") as f:
+        while n < target:
+            line = json.dumps({"input_ids": rng.integers(0, VOCAB, SEQ).tolist(), "data_cls": "general"}) + "\n"
+            f.write(line)
+            n += len(line)
+
+
+def timed(label: str, fn, results: dict) -> object:
+    load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    results[label] = {"wall_s": round(wall, 3), "main_process_cpu_s": round(cpu, 3), "load_before": round(load, 2)}
+    print(f"{label:<58} wall {wall:8.2f} s   main-process cpu {cpu:8.2f} s   (load {load:.2f})", flush=True)
+    return out
+
+
+def main(gb: float = 1.0, path: str | None = None, keep: bool = False, json_out: str | None = None) -> None:
+    import lrc.data_check as dc
+    from lrc.file_cache import cached_json
+    from lrc.run_dir import sha256_file
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-run-contract-"))
+    data = Path(path) if path else tmp / "train.jsonl"
+    if not data.is_file():
+        print(f"writing {data} ({gb} GB of {SEQ}-token lines) ...", flush=True)
+        write_packed(data, gb)
+    size = data.stat().st_size
+    lines = sum(1 for _ in open(data, "rb"))
+    print(f"{data}: {size / 1e9:.3f} GB, {lines:,} lines; cpus {os.cpu_count()}", flush=True)
+    res: dict = {"file_gb": round(size / 1e9, 3), "lines": lines, "cpus": os.cpu_count(),
+                 "date": time.strftime("%Y-%m-%d")}
+    os.environ["LRC_CACHE_DIR"] = str(tmp / "cache1")
+    saved = dc.PARALLEL_FROM_BYTES
+    dc.PARALLEL_FROM_BYTES = 1 << 62
+    timed("check, 1 process", lambda: dc.index_packed_jsonl(str(data), VOCAB, progress=False), res)
+    dc.PARALLEL_FROM_BYTES = saved
+    workers = min(dc._MAX_WORKERS, os.cpu_count() or 1)
+    timed(f"check, default ({workers} processes, cached_index)", lambda: dc.cached_index(str(data), VOCAB), res)
+    timed("check again: cached (a restart / resume)", lambda: dc.cached_index(str(data), VOCAB), res)
+    timed("sha256 of the file", lambda: sha256_file(data), res)
+    os.environ["LRC_CACHE_DIR"] = str(tmp / "cache2")
+    timed("sha256 through the cache, first use", lambda: cached_json("sha256", data, lambda: sha256_file(data)), res)
+    timed("sha256 through the cache, again", lambda: cached_json("sha256", data, lambda: sha256_file(data)), res)
+    if json_out:
+        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    if not keep and not path:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
