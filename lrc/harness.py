@@ -431,17 +431,18 @@ def _lm_eval_task_names(include_path: str | None) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry: one ``error:`` line and exit 2 on bad input."""
+    """CLI entry: one ``error:`` line and its exit code on bad input (``lrc.errors.run_cli``)."""
+    from .errors import run_cli
+
     args = build_parser().parse_args(argv)
-    try:
+
+    def go() -> None:
         cfg = config_from_args(args)
         summary = evaluate(cfg)
-    except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print((Path(cfg.output_dir) / "results.md").read_text(), end="")
-    print(f"results written to {cfg.output_dir}/results.json and results.md ({summary['seconds']} s)")
-    return 0
+        print((Path(cfg.output_dir) / "results.md").read_text(), end="")
+        print(f"results written to {cfg.output_dir}/results.json and results.md ({summary['seconds']} s)")
+
+    return run_cli(go)
 
 
 if __name__ == "__main__":
