@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from .config import LRCConfig
 from .errors import LRCError
 from .families import check_family
 from .model import LRCModel
-from .run_dir import current_umask
+from .run_dir import atomic_dir
 from .teacher import (find_tokenizer, load_teacher, load_teacher_config, load_tokenizer, teacher_fingerprint,
                       weights_fingerprint)
 
@@ -335,20 +333,11 @@ def _reexport(src: Path, out: Path, export_arch: str, dtype: str | None) -> Path
 
 def _save_atomically(out: Path, model: torch.nn.Module, tokenizer, meta: dict[str, Any]) -> None:
     """Save model + tokenizer + ``lrc_conversion.json`` to a temporary sibling, then rename it to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "lrc_conversion.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _gen_src(teacher_path: str) -> tuple:

@@ -87,6 +87,7 @@ from typing import Any
 import numpy as np
 
 from .data import DataError, iter_text_blocks, open_binary, parse_json_line
+from .run_dir import publish_dir, write_json_atomic
 
 FORMATS = ("parquet", "jsonl", "txt", "hf_disk")
 FRAMINGS = ("bos_eos", "official")
@@ -693,7 +694,7 @@ class SourceReader(BaseReader):
                 bar.update()
         finally:
             bar.close()  # clears the bar's line, so an error message starts a clean line
-        _write_json(os.path.join(self.work_dir, "tasks", f"task{rank:05d}.read.json"),
+        write_json_atomic(os.path.join(self.work_dir, "tasks", f"task{rank:05d}.read.json"),
                     {"documents_read": read, "documents_kept": kept, "files": len(mine)})
 
 
@@ -776,13 +777,13 @@ class TokenFileWriter(PipelineStep):
             if batch:
                 flush()
         except DataError as e:  # bad input: reported by the parent as one line (``task_errors``), not a traceback
-            _write_json(os.path.join(tdir, f"task{rank:05d}{TASK_ERROR_SUFFIX}"), {"error": str(e)})
+            write_json_atomic(os.path.join(tdir, f"task{rank:05d}{TASK_ERROR_SUFFIX}"), {"error": str(e)})
             return
         finally:
             for hs in handles.values():
                 for h in hs:
                     h.close()
-        _write_json(os.path.join(tdir, f"task{rank:05d}.json"), {"tokens": tokens, "documents_tokenized": docs})
+        write_json_atomic(os.path.join(tdir, f"task{rank:05d}.json"), {"tokens": tokens, "documents_tokenized": docs})
         return
         yield  # a generator: datatrove drains it
 
@@ -802,13 +803,6 @@ class FinalizeStep(PipelineStep):
             finalize(self.work_dir)
         return
         yield
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1081,7 +1075,7 @@ def prepare(inputs=None, tokenizer: str | None = None, output: str | None = None
     os.makedirs(os.path.join(work, "tasks"))
     try:
         plan["started"] = t0
-        _write_json(os.path.join(work, PLAN), plan)
+        write_json_atomic(os.path.join(work, PLAN), plan)
         from datatrove.executor import LocalPipelineExecutor
 
         _quiet_datatrove_logs()
@@ -1165,15 +1159,14 @@ def finalize(work: str, tokenize_seconds: float | None = None) -> dict:
         "tokenize_seconds": None if tokenize_seconds is None else round(tokenize_seconds, 3),
         "seconds": round(elapsed, 3),
     }
-    _write_json(os.path.join(work, MANIFEST), manifest)
+    write_json_atomic(os.path.join(work, MANIFEST), manifest)
     shutil.rmtree(os.path.join(work, "tasks"))
     os.remove(os.path.join(work, PLAN))
     output = plan["output"]
     if os.path.exists(output):
         if not plan["overwrite"]:
             raise DataError(f"{output}: appeared while preparing (pass --overwrite to replace it)")
-        shutil.rmtree(output)
-    os.replace(work, output)
+    publish_dir(work, output)
     if not plan["quiet"]:
         print(summary(manifest, output))
     return manifest
@@ -1206,7 +1199,7 @@ def _submit_slurm(plan: dict, tok: TokenizerSpec, opts: dict) -> dict:
     else:
         os.makedirs(os.path.join(work, "tasks"))
         plan["started"] = time.time()
-        _write_json(plan_path, plan)
+        write_json_atomic(plan_path, plan)
     _quiet_datatrove_logs()
     name = opts.get("job_name") or f"lrc-prepare-{os.path.basename(output)}"
     common = {k: opts[k] for k in ("qos", "venv_path", "env_command", "condaenv") if k in opts}

@@ -156,6 +156,36 @@ def save_files_atomically(directory: str | os.PathLike, writer: Callable[[Path],
     return names
 
 
+def publish_dir(staged: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Flush a finished directory and move it to ``final`` with one rename, replacing what was there."""
+    staged, final = Path(staged), Path(final)
+    fsync_tree(staged)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)  # the old content disappears at once; deleting it can take longer
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staged, final)
+    fsync_dir(final.parent)
+    return final
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Yield a temporary directory beside ``final``; on success it becomes ``final`` (``publish_dir``),
+    on error it is deleted: ``final`` is the old directory or the complete new one, never a part."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def fsync_tree(root: str | os.PathLike) -> None:
     """Flush every file and directory under ``root`` to disk (power-loss safety before a rename)."""
     for dirpath, _, files in os.walk(root):
@@ -305,13 +335,10 @@ def discard(path: Path, staging: Path) -> None:
 
 
 def publish_checkpoint(staged: Path, final: Path, step: int) -> None:
-    """Write the manifest of a finished staged checkpoint, then move it into place with one rename."""
+    """Write the manifest of a finished staged checkpoint, then move it into place with one rename
+    (replacing one of the same step: a previous run got this far, then was resumed from an earlier one)."""
     write_manifest(staged, step)
-    fsync_tree(staged)
-    if final.exists():  # e.g. a previous run got this far, then was resumed from an earlier checkpoint
-        discard(final, staged.parent)
-    os.replace(staged, final)
-    fsync_dir(final.parent)
+    publish_dir(staged, final)
 
 
 def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:

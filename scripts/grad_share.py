@@ -21,7 +21,6 @@ takes the projections from a run; without it they are the N(0, 0.02^2) initialis
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -159,9 +158,9 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
               "batch_size": batch_size, "seq_len": seq_len, "lrc": lrc.to_dict(), "loss_values": res["values"],
               "components": rows}
     if json_out:
-        tmp = Path(json_out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, json_out)
+        from lrc.run_dir import write_json_atomic
+
+        write_json_atomic(json_out, report)
         print(f"\nwritten: {json_out}")
     return report
 

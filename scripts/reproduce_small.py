@@ -160,11 +160,12 @@ def _hf_teacher(cfg: ReproConfig, out: Path) -> str:
         return str(dst)
     from lrc.teacher import load_teacher, load_tokenizer
 
+    from lrc.run_dir import atomic_dir
+
     print(f"dequantising {cfg.teacher} into {dst} (once) ...", flush=True)
-    tmp = out / "teacher_hf.tmp"
-    load_teacher(cfg.teacher).save_pretrained(tmp)
-    load_tokenizer(cfg.teacher).save_pretrained(tmp)
-    os.replace(tmp, dst)
+    with atomic_dir(dst) as tmp:
+        load_teacher(cfg.teacher).save_pretrained(tmp)
+        load_tokenizer(cfg.teacher).save_pretrained(tmp)
     return str(dst)
 
 
@@ -180,11 +181,9 @@ def _sample_sequences(path: str, tokenizer, seq_len: int, n: int, seed: int):
 
 
 def _write_jsonl(rows: list[list[int]], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps({"input_ids": r}) + "\n")
-    os.replace(tmp, path)
+    from lrc.run_dir import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
 
 
 def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
@@ -215,6 +214,7 @@ def run_flags(cfg: ReproConfig, teacher: str, train_file: str, run_dir: Path, st
 
 def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_file: str, evaluator) -> None:
     import hf_trainer
+    from lrc.run_dir import write_json_atomic
 
     run_dir = out / "runs" / method
     for budget, steps in zip(cfg.budget_list(), cfg.steps()):
@@ -248,10 +248,7 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
                   "train_ce_last": hist[-1].get("ce") if hist else None,
                   "segment_runtime_s": rt[-1]["train_runtime"] if rt else wall,
                   "trainable_parameters": sum(p.numel() for p in model.trainable_parameters())}
-        res_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = res_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, res_file)
+        write_json_atomic(res_file, result)
         print(f"[{method} @ {budget:,} tokens] held-out ppl {r.ppl:.1f}  KL {r.kl:.3f}  top-1 {r.top1:.3f}", flush=True)
         del trainer, model, scored
         yield
@@ -321,6 +318,8 @@ NOTES_MARKER = "<!-- notes: everything below this line is kept when the report i
 
 
 def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
+    from lrc.run_dir import write_text_atomic
+
     res, teacher = load_results(out)
     if not res:
         return
@@ -366,9 +365,7 @@ def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
     kept = report.read_text().partition(NOTES_MARKER) if report.is_file() else ("", "", "")
     if kept[1]:  # hand-written analysis below the marker survives regeneration
         lines += [NOTES_MARKER + kept[2].rstrip("\n"), ""]
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, report)
+    write_text_atomic(report, "\n".join(lines))
     _plot(res, tp, docs / "reproduce_small.png", cfg)
 
 
@@ -383,6 +380,8 @@ def _gpu_name() -> str:
 
 def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
     import matplotlib
+
+    from lrc.run_dir import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -407,10 +406,8 @@ def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
     else:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- entry

@@ -198,7 +198,8 @@ def test_second_run_into_the_same_directory_is_refused(assets, tmp_path, capsys)
         for extra in ({}, {"resume": "auto"}, {"overwrite_output_dir": True}):
             rc = hf_trainer.run(base_flags(assets, out, **extra))
             one_line_error(capsys, rc, 2, "is in use by another run", f"pid {proc.pid}")
-        assert all(snapshot(out).get(k) == v for k, v in before.items() if k.startswith("checkpoint-4"))
+        after = snapshot(out)
+        assert all(after.get(k) == v for k, v in before.items() if k.startswith("checkpoint-4") or k == "run_config.json")
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -356,6 +357,10 @@ def test_teachers_without_a_tokenizer(assets, tmp_path, capsys, caplog):
     assert not any(f.name.startswith("tokenizer") for f in (tmp_path / "s1").iterdir())
     convert_checkpoint(str(out), str(tmp_path / "s2"), tokenizer=qwen)
     assert (tmp_path / "s2" / "tokenizer.json").is_file()
+    # a Llama teacher without tokenizer files (transformers would need sentencepiece / tiktoken): the same
+    llama = _without_tokenizer(assets["teacher"], tmp_path / "llama")
+    train(assets, tmp_path / "l", raw_model_name=llama, max_steps=1, save_steps=1)
+    assert convert_checkpoint(str(tmp_path / "l"), str(tmp_path / "s3")).is_dir()
 
 
 # ---------------------------------------------------------------------------------------------- a full disk
