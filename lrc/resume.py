@@ -211,8 +211,8 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
                               f"--overwrite_output_dir to delete it and start over")
         return plan  # a fresh start (the caller deletes the previous run with --overwrite_output_dir)
     max_steps = record["flags"]["max_steps"]
+    done = finished_step(out)  # hashes the final files once: used below too
     if resume == "auto":
-        done = finished_step(out)
         ckpt, skipped = newest_complete_checkpoint(out)
         plan.skipped = [(str(p), why) for p, why in skipped]
         if done is not None and (ckpt is None or checkpoint_step_of(ckpt) <= done) and max_steps > 0 \
@@ -246,7 +246,6 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
     record["resumed_from"] = where
     record["changed_on_resume"] = [{"flag": c.name, "from": c.stored, "to": c.now} for c in changes]
     if plan.step >= _target_steps(ckpt, record):
-        done = finished_step(out)
         if done is not None and done >= plan.step:
             plan.finished_at = done
         else:
