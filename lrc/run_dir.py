@@ -161,10 +161,7 @@ def publish_dir(staged: str | os.PathLike, final: str | os.PathLike) -> Path:
     staged, final = Path(staged), Path(final)
     fsync_tree(staged)
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)  # the old content disappears at once; deleting it can take longer
-        shutil.rmtree(old, ignore_errors=True)
+        discard(final, staged.parent)
     os.replace(staged, final)
     fsync_dir(final.parent)
     return final
@@ -325,9 +322,10 @@ def finished_step(output_dir: str | os.PathLike) -> int | None:
 
 
 def discard(path: Path, staging: Path) -> None:
-    """Remove a directory so that it disappears at once: rename it into ``staging``, then delete it."""
+    """Remove a directory so that it disappears at once: rename it into ``staging`` (a directory on the same
+    filesystem), then delete it, which can take longer."""
     staging.mkdir(parents=True, exist_ok=True)
-    trash = staging / f"discard-{path.name}-{os.getpid()}"
+    trash = staging / f".discard-{path.name}-{os.getpid()}"
     if trash.exists():
         shutil.rmtree(trash)
     os.replace(path, trash)

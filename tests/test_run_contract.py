@@ -487,9 +487,7 @@ def test_one_line_errors_write_nothing(assets, tmp_path, capsys, case, needles):
     out = tmp_path / "out"
     over: dict = {}
     if case == "read_only_output":
-        out = Path("/sys/lrc-probe/out")
-        if os.access("/sys", os.W_OK) and os.geteuid() != 0:
-            pytest.skip("/sys is writable here")
+        out = Path("/sys/lrc-probe/out")  # sysfs refuses new directories, root included
     elif case == "teacher_without_config":
         d = tmp_path / "t"
         d.mkdir()
