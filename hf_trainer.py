@@ -91,6 +91,9 @@ FLAGS: dict[str, Flag] = {
     "use_aux_loss": Flag(True, "bool", "add the clone terms (still logged when off)"),
     "target_rms_norm_eps": Flag(1e-5, "float", "student RMSNorm epsilon"),
     "logits_chunk_tokens": Flag(1024, "int", "tokens per chunk of the fused head/KL/CE (memory only)"),
+    "mlp_train": Flag("lrc", "str", "what of each student MLP matrix trains: lrc (the projections, the paper) | dense "
+                      "(+ a full zero-initialised Delta, Dense-LRC) | core (+ a Delta in the directions plain LRC cannot "
+                      "reach, CORE-LRC); docs/TRAINING.md, Train what you deploy"),
     # --- optimisation
     "learning_rate": Flag(1e-4, "float", "peak learning rate (AdamW, weight decay 0, eps 1e-8)"),
     "adam_beta2": Flag(0.999, "float", "AdamW beta2 (beta1 0.9)"),
@@ -125,6 +128,9 @@ FLAGS: dict[str, Flag] = {
     "resume_checkpoint": Flag(None, "str", "alias of --resume (official name)"),
     "load_model_weight_path": Flag(None, "str", "warm start: load projections (ours or official model.safetensors), "
                                    "fresh optimizer"),
+    "init_from": Flag(None, "str", "start a new run (step 0, fresh optimizer) from an earlier LRC checkpoint of the "
+                      "same teacher and variant: its projections and gains, new --mlp_train Deltas at 0 (the "
+                      "two-phase recipe: plain LRC, then dense or core); ignored when resuming"),
     "overwrite_output_dir": Flag(False, "bool", "start over in an --output_dir that holds a previous run "
                                  "(its checkpoints and final weights are deleted)"),
     "report_to": Flag("none", "str", "none | wandb | tensorboard | wandb,tensorboard (wandb without credentials: "
@@ -322,6 +328,16 @@ def _validate(cfg: dict[str, Any]) -> None:
     names = [s.value for s in SchedulerType]
     if cfg["lr_scheduler"] not in names:
         raise FlagError(f"--lr_scheduler {cfg['lr_scheduler']!r} is not an HF scheduler; one of {names}")
+    if cfg["init_from"]:
+        if cfg["load_model_weight_path"]:
+            raise FlagError("--init_from and --load_model_weight_path both choose the starting weights; give one")
+        if not Path(cfg["init_from"]).exists():
+            from lrc.checkpoint import CheckpointError
+
+            raise CheckpointError(f"--init_from {cfg['init_from']!r}: no such file or directory")
+    if cfg["load_model_weight_path"] and cfg["mlp_train"] != "lrc":
+        raise FlagError(f"--load_model_weight_path loads every tensor strictly; with --mlp_train {cfg['mlp_train']} "
+                        f"use --init_from, which starts the new Delta tensors at 0")
     if cfg["resume"] and cfg["overwrite_output_dir"] and not cfg.get("demo"):
         raise FlagError("--resume and --overwrite_output_dir contradict each other")
     for k in ("dataset_name", "eval_dataset"):
@@ -335,7 +351,7 @@ MODEL_CLASSES = ("distill", "origin", "only_kd", "tiny_bert")
 # LRC flags that do not change a baseline (its architecture comes from target_hidden_size, del_layers,
 # tie_word_emb_proj and target_rms_norm_eps; its KL from kl_temperature / kl_reduction).
 _LRC_ONLY_FLAGS = ("use_all_attn", "use_in_out_mlp", "ban_layers", "str_ban_losses", "aux_loss_type",
-                   "aux_loss_scale_factor", "attn_out_space", "use_aux_loss")
+                   "aux_loss_scale_factor", "attn_out_space", "use_aux_loss", "mlp_train")
 
 
 def _validate_model_cls(cfg: dict[str, Any]) -> None:
@@ -346,9 +362,10 @@ def _validate_model_cls(cfg: dict[str, Any]) -> None:
         if "tiny_bert_attn_loss" in cfg["_given"]:
             warn("--tiny_bert_attn_loss has no effect with --model_cls distill")
         return
-    if cfg["load_model_weight_path"]:
-        raise FlagError(f"--load_model_weight_path loads LRC projections; it cannot start --model_cls {mc} "
-                        f"(use --resume to continue a baseline run)")
+    for k in ("load_model_weight_path", "init_from"):
+        if cfg[k]:
+            raise FlagError(f"--{k} loads LRC projections; it cannot start --model_cls {mc} "
+                            f"(use --resume to continue a baseline run)")
     ignored = [k for k in _LRC_ONLY_FLAGS if k in cfg["_given"]]
     if ignored:
         warn(f"--model_cls {mc}: {', '.join('--' + k for k in ignored)} only affect LRC (distill) and are ignored")
@@ -373,6 +390,7 @@ def lrc_config_from_flags(cfg: dict[str, Any]):
         attn_out_space=cfg["attn_out_space"], use_ntp_loss=cfg["use_ntp_loss"],
         use_logits_loss=cfg["use_logits_loss"], use_aux_loss=cfg["use_aux_loss"],
         target_rms_norm_eps=cfg["target_rms_norm_eps"], logits_chunk_tokens=cfg["logits_chunk_tokens"],
+        mlp_train=cfg["mlp_train"],
     )
 
 
@@ -519,7 +537,8 @@ def train(cfg: dict[str, Any], trainer_cls=None):
     import torch
     from transformers import set_seed
 
-    from lrc.checkpoint import CheckpointError, TeacherRef, load_into_projections, load_lrc_checkpoint, official_to_ours
+    from lrc.checkpoint import (CheckpointError, TeacherRef, init_from_checkpoint, load_into_projections,
+                                load_lrc_checkpoint, official_to_ours)
     from lrc.data import build_dataset
     from lrc.errors import InterruptedRun
     from lrc.model import LRCModel
@@ -599,6 +618,19 @@ def train(cfg: dict[str, Any], trainer_cls=None):
             load_into_projections(model.projections, weights,
                                   what=f"--load_model_weight_path {cfg['load_model_weight_path']}")
             say(f"warm start: projections loaded from {cfg['load_model_weight_path']}")
+        if cfg["init_from"] and not baseline:
+            plan.record["init_from"] = str(Path(cfg["init_from"]).resolve())
+            if plan.checkpoint is None:
+                say("init from: " + init_from_checkpoint(cfg["init_from"], model.projections, lrc, model.kept_layers,
+                                                         TeacherRef(**plan.record["teacher"])))
+            else:
+                say(f"--init_from {cfg['init_from']} is not used: the run resumes from its own checkpoint")
+        if not baseline:
+            from lrc.mlp_train import format_audit
+
+            audit = model.reachability_audit()
+            say(format_audit(audit, lrc.mlp_train))
+            plan.record["reachability_audit"] = [r.to_dict() for r in audit]
         ref = TeacherRef(**plan.record["teacher"])
         stopper = StopOnSignal(stop)
         trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -71,13 +71,17 @@ class LRCCheckpoint:
     teacher: TeacherRef | None
     path: Path
     official: bool = False
+    core_basis: str = ""
+    """``bases_fingerprint`` of the CORE bases it was trained with (mlp_train core; "" otherwise)."""
 
 
 def save_lrc_checkpoint(directory: str | os.PathLike, projections: LRCProjections, lrc: LRCConfig,
-                        teacher: TeacherRef, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                        teacher: TeacherRef, state_dict: dict[str, torch.Tensor] | None = None,
+                        core_basis: str = "") -> Path:
     """Write ``lrc_weights.safetensors`` and ``lrc_config.json`` into ``directory`` (atomically).
 
     ``state_dict`` overrides the tensors taken from ``projections`` (e.g. gathered under ZeRO).
+    ``core_basis``: the fingerprint of CORE's bases (``LRCModel.core_bases_fingerprint``), if any.
     """
     d = Path(directory)
     sd = state_dict if state_dict is not None else projections.state_dict()
@@ -91,8 +95,12 @@ def save_lrc_checkpoint(directory: str | os.PathLike, projections: LRCProjection
         "teacher_model_type": teacher.model_type,
         "teacher_weights_hash": teacher.weights_hash,
     }
+    if core_basis:
+        meta["core_basis_sha256"] = core_basis
     atomic_write(d / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata=meta))
     info = {"lrc_format_version": FORMAT_VERSION, "lrc": lrc.to_dict(), "teacher": teacher.to_dict()}
+    if core_basis:
+        info["core_basis_sha256"] = core_basis
     atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
     return d / WEIGHTS_NAME
 
@@ -131,7 +139,7 @@ def load_lrc_checkpoint(path: str | os.PathLike) -> LRCCheckpoint:
         lrc = LRCConfig.from_json(meta["lrc_config"])
         teacher = TeacherRef(meta.get("teacher_name_or_path", ""), meta.get("teacher_config_hash", ""),
                              meta.get("teacher_model_type", ""), meta.get("teacher_weights_hash", ""))
-        return LRCCheckpoint(weights, lrc, teacher, f, official=False)
+        return LRCCheckpoint(weights, lrc, teacher, f, official=False, core_basis=meta.get("core_basis_sha256", ""))
     if any("zoom" in k or "target_" in k for k in weights):
         return LRCCheckpoint(weights, None, None, f, official=True)
     raise CheckpointError(
@@ -194,3 +202,73 @@ def load_into_projections(projections: LRCProjections, weights: dict[str, torch.
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(weights[k].to(v.dtype))
+
+
+def core_basis_note(stored: str, now: str, where: str | os.PathLike) -> str | None:
+    """A warning when CORE's bases recomputed now differ from those a checkpoint was trained with (else None).
+
+    The bases are recomputed from the teacher by fp64 SVD. On another machine or library build the
+    basis itself can differ, but the projector onto the teacher's space it defines cannot beyond
+    rounding, so the student differs by rounding only (lrc.mlp_train).
+    """
+    if not stored or not now or stored == now:
+        return None
+    return (f"{where}: the CORE bases recomputed here (fingerprint {now}) are not bitwise those the checkpoint was "
+            f"trained with ({stored}): another machine or linear-algebra build. Delta uses only the projector onto "
+            f"the teacher's space, which is unique, so the student differs by rounding only")
+
+
+# ---------------------------------------------------------------------------------------------- --init_from
+INIT_FROM_MATCHED = ("target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_word_emb_proj", "del_layers")
+"""LRC config fields a ``--init_from`` source must share with the new run (they fix the tensors' meaning)."""
+
+
+def init_from_checkpoint(path: str | os.PathLike, projections: LRCProjections, lrc: LRCConfig,
+                         kept_layers: list[int], teacher: TeacherRef) -> str:
+    """Start a new run from an earlier LRC checkpoint: its projections and gains, new Deltas at zero.
+
+    The paper's two-phase recipe ("Train What You Deploy"): plain LRC for N tokens, then ``mlp_train``
+    dense or core for M, with a fresh optimizer at step 0. The source must have the same
+    ``INIT_FROM_MATCHED`` fields and teacher (config hash and weights fingerprint), and either plain LRC
+    (the Deltas start at 0) or the new run's own ``mlp_train`` (everything is taken). An official-code
+    checkpoint counts as plain LRC; its teacher cannot be checked (it records none).
+
+    Returns a one-line description of what was loaded. Raises CheckpointError naming any difference.
+    """
+    from .mlp_train import delta_name
+
+    ck = load_lrc_checkpoint(path)
+    what = f"--init_from {str(path)!r}"
+    if ck.official:
+        inferred = infer_official_variant(ck.weights)
+        if inferred["present_layers"] != list(kept_layers):
+            raise CheckpointError(f"{what}: its layers {inferred['present_layers']} are not this run's kept layers "
+                                  f"{list(kept_layers)} (--del_layers differs)")
+        src = {k: inferred[k] for k in INIT_FROM_MATCHED if k != "del_layers"}
+        src_mode, weights = "lrc", official_to_ours(ck.weights, LRCConfig(**src, del_layers=lrc.del_layers), kept_layers)
+    else:
+        src, src_mode, weights = ck.lrc.to_dict(), ck.lrc.mlp_train, dict(ck.weights)
+        why = ck.teacher.mismatch(teacher) if ck.teacher is not None else None
+        if why:
+            raise CheckpointError(f"{what} was trained against teacher {ck.teacher.describe()}, but this run's teacher "
+                                  f"{teacher.describe()} has {why}")
+    now = lrc.to_dict()
+    diff = [f"{k}: source {src[k]!r} vs this run {now[k]!r}" for k in INIT_FROM_MATCHED if k in src and src[k] != now[k]]
+    if diff:
+        raise CheckpointError(f"{what} does not fit this run ({'; '.join(diff)}); start it with the source's settings "
+                              f"(its {CONFIG_NAME})")
+    if src_mode not in ("lrc", lrc.mlp_train):
+        raise CheckpointError(f"{what} was trained with mlp_train={src_mode!r}; a new run starts from plain LRC "
+                              f"(mlp_train='lrc') or from its own mode ({lrc.mlp_train!r}), not from another "
+                              f"mode's Deltas")
+    own = projections.state_dict()
+    fresh = [k for k in own if k.rsplit(".", 1)[-1] in {delta_name(x) for x in ("gate", "up", "down")}
+             and k not in weights]
+    if src_mode == "lrc":
+        weights.update({k: torch.zeros_like(own[k]) for k in fresh})
+    load_into_projections(projections, weights, what)
+    desc = f"projections and gains from {ck.path}" + (" (official-code checkpoint: its teacher is not recorded)"
+                                                     if ck.official else "")
+    if fresh and src_mode == "lrc":
+        desc += f"; {len(fresh)} new mlp_train={lrc.mlp_train} Delta tensors start at 0"
+    return desc

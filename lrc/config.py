@@ -20,6 +20,7 @@ from .errors import LRCError
 AUX_LOSS_TYPES = ("mseloss", "mseloss_v2", "l1loss", "l1loss_v2", "nmse")
 KL_REDUCTIONS = ("sequence_sum", "token_mean")
 ATTN_OUT_SPACES = ("teacher", "student")
+MLP_TRAIN_MODES = ("lrc", "dense", "core")
 
 # Clone-term names exactly as the official code logs and bans them (LRC_SPEC §3.1).
 ATTN_Q, ATTN_K, ATTN_V = "attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss"
@@ -100,6 +101,12 @@ class LRCConfig:
     logits_chunk_tokens: int = 1024
     """Tokens per chunk of the fused head + KL + CE computation. Changes memory, not results."""
 
+    mlp_train: Literal["lrc", "dense", "core"] = "lrc"
+    """What of each student MLP matrix (gate, up, down) trains (lrc.mlp_train). lrc: only the projections
+    (the paper). dense: plus a full zero-initialised Delta (Dense-LRC). core: plus a zero-initialised Delta
+    restricted to the orthogonal complement of the teacher's column / row space (CORE-LRC). Both extensions
+    come from "Train What You Deploy" (arXiv 2609.02006), not from the official code."""
+
     def __post_init__(self) -> None:
         # Accept lists / comma strings (CLI, JSON) for the tuple fields.
         self.del_layers = _int_tuple(self.del_layers, "del_layers")
@@ -139,6 +146,8 @@ class LRCConfig:
             raise LRCConfigError(f"target_rms_norm_eps must be > 0, got {self.target_rms_norm_eps!r}")
         if not self.init_std > 0:
             raise LRCConfigError(f"init_std must be > 0, got {self.init_std!r}")
+        if self.mlp_train not in MLP_TRAIN_MODES:
+            raise LRCConfigError(f"mlp_train must be one of {MLP_TRAIN_MODES}, got {self.mlp_train!r}")
         if self.logits_chunk_tokens <= 0:
             raise LRCConfigError(f"logits_chunk_tokens must be > 0, got {self.logits_chunk_tokens!r}")
         valid = self.clone_terms()

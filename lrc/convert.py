@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from .checkpoint import (WEIGHTS_NAME, CheckpointError, TeacherRef, infer_official_variant, list_checkpoints,
+from .checkpoint import (WEIGHTS_NAME, CheckpointError, TeacherRef, core_basis_note, infer_official_variant,
+                         list_checkpoints,
                          load_into_projections, load_lrc_checkpoint, official_to_ours)
 from .config import LRCConfig
 from .errors import LRCError
@@ -219,6 +220,9 @@ def build_student(ckpt_path: str, raw_model_name: str | None = None, flags: dict
     if ckpt.official:
         weights = official_to_ours(weights, lrc, model.kept_layers)
     load_into_projections(model.projections, weights, f"checkpoint {str(ckpt.path)!r}")
+    note = core_basis_note(ckpt.core_basis, model.core_bases_fingerprint(), ckpt.path)
+    if note:
+        log.warning(note)
     student = fold(model)
     return student, teacher_path, lrc, model
 

@@ -12,6 +12,8 @@ Rules (teacher layer L feeds student layer j, see LRCConfig.kept_layers):
 - embedding / head:                         E_S = E_T @ Z^T      (Z: d_s x d)
 - q_norm / k_norm (Qwen3, on head_dim):     teacher's, unchanged (frozen)
 - RMSNorm gains:                            the student's own trainable gains
+- MLP weights under ``mlp_train`` dense | core: plus Delta (``lrc.mlp_train.mlp_delta``): the trainable
+  ``M`` itself (dense) or its projection onto the complement of the teacher's reachable space (core)
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from torch import Tensor
 
 from .config import LRCConfig
 from .errors import LRCError
+from .mlp_train import delta_name, mlp_delta
 from .projections import LRCProjections
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _IN_SIDE = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v",
             "mlp.gate_proj": "gate", "mlp.up_proj": "up"}
+_MLP_WEIGHTS = {"mlp.gate_proj.weight": "gate", "mlp.up_proj.weight": "up", "mlp.down_proj.weight": "down"}
 _OUT_SIDE = {"self_attn.o_proj": "o", "mlp.down_proj": "down"}
 _TEACHER_KEPT = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
 _GAINS = {"input_layernorm.weight": "input_norm", "post_attention_layernorm.weight": "post_attention_norm"}
@@ -57,6 +61,7 @@ def generate_student_weights(
     student_param_names: list[str],
     teacher_tied: bool,
     dtype: torch.dtype | None = None,
+    core_bases: Mapping[tuple[int, str], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Build the student's parameters (standard HF names) from the teacher and the projections.
 
@@ -68,6 +73,7 @@ def generate_student_weights(
         student_param_names: ``[n for n, _ in student.named_parameters()]`` of the student model.
         teacher_tied: the teacher's head is its embedding.
         dtype: compute dtype (None: the teacher's). Projections and gains are cast to it (autograd-safe).
+        core_bases: ``(teacher layer, kind) -> Q`` (I x r) for ``mlp_train="core"`` (``lrc.mlp_train.core_bases``).
 
     Returns:
         name -> tensor; e.g. ``model.layers.j.mlp.down_proj.weight`` of shape (d_s, I).
@@ -120,4 +126,13 @@ def generate_student_weights(
                 out[name] = c @ w
             else:
                 raise GenerationError(f"student parameter {name!r} has no LRC generation rule")
+            if lrc.mlp_train != "lrc" and rest in _MLP_WEIGHTS:
+                kind = _MLP_WEIGHTS[rest]
+                basis = None
+                if lrc.mlp_train == "core":
+                    if core_bases is None or (L, kind) not in core_bases:
+                        raise GenerationError(f"mlp_train='core': no complement basis for layer {L} {kind}")
+                    basis = core_bases[(L, kind)]
+                out[name] = out[name] + mlp_delta(lrc.mlp_train, kind, getattr(layer, delta_name(kind)),
+                                                  basis).to(out[name].dtype)
     return out

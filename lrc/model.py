@@ -32,6 +32,7 @@ from .config import LRCConfig
 from .families import check_family, is_tied, student_config
 from .generate import generate_student_weights
 from .losses import clone_distance, fused_logit_losses
+from .mlp_train import AuditRow, bases_fingerprint, core_bases, reachability_audit
 from .positions import loss_positions
 from .projections import LRCProjections
 
@@ -102,7 +103,14 @@ class LRCModel(nn.Module):
         self.kept_layers = lrc.kept_layers(tcfg.num_hidden_layers)
         self.teacher_tied = is_tied(tcfg)
         device = teacher.get_input_embeddings().weight.device
-        self.projections = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, self.kept_layers, lrc).to(device)
+        self.projections = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, self.kept_layers, lrc,
+                                          intermediate=tcfg.intermediate_size).to(device)
+        # CORE-LRC: frozen bases of the teacher's reachable MLP spaces (fp64 SVD, once). Not registered:
+        # outside the optimizer, the checkpoints and DDP's buffer broadcast; moved to the teacher's device
+        # when used.
+        self._core_bases: dict[tuple[int, str], Tensor] | None = None
+        if lrc.mlp_train == "core":
+            self._core_bases = core_bases(dict(teacher.named_parameters()), self.kept_layers)
         self.student_config = student_config(tcfg, lrc)
         self.student_config._attn_implementation = tcfg._attn_implementation
         with torch.device("meta"):
@@ -139,7 +147,29 @@ class LRCModel(nn.Module):
         # Read the teacher's tensors at call time: accelerate / DeepSpeed may move or cast them.
         return generate_student_weights(dict(self.teacher.named_parameters()), self.projections, self.lrc_config,
                                         self.kept_layers, self._student_param_names,
-                                        self.teacher_tied, dtype)
+                                        self.teacher_tied, dtype, core_bases=self.core_bases())
+
+    def core_bases(self) -> dict[tuple[int, str], Tensor] | None:
+        """CORE's bases (``lrc.mlp_train.core_bases``) on the projections' device; None unless mlp_train is core."""
+        if self._core_bases is None:
+            return None
+        device = self.projections.embed.device
+        if next(iter(self._core_bases.values())).device != device:
+            self._core_bases = {k: v.to(device) for k, v in self._core_bases.items()}
+        return self._core_bases
+
+    def core_bases_fingerprint(self) -> str:
+        """sha256 prefix of CORE's bases ("" unless mlp_train is core): recorded in checkpoints."""
+        return "" if self._core_bases is None else bases_fingerprint(self._core_bases)
+
+    def reachability_audit(self) -> list[AuditRow]:
+        """Deployed vs reachable degrees of freedom per matrix kind (``lrc.mlp_train.reachability_audit``)."""
+        lrc = self.lrc_config
+        ranks = None
+        if self._core_bases is not None:  # the MLP ranks are known already
+            ranks = {k: int(q.shape[1]) for k, q in self._core_bases.items()}
+        return reachability_audit(dict(self.teacher.named_parameters()), self.kept_layers, lrc.target_hidden_size,
+                                  lrc.mlp_train, self.teacher_tied, lrc.tie_word_emb_proj, ranks)
 
     def student_logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Full (B, S, V) logits of the training-time student (for checks and evaluation)."""

@@ -16,6 +16,8 @@ layers.L.gate|up  (d_s, d)    W_{g,S} = W_g gate^T (full MLP)
 layers.L.mlp_in   (d, d_s)    W_{g,S} = W_g mlp_in, W_{u,S} = W_u mlp_in (use_in_out_mlp)
 layers.L.down     (d_s, d)    W_{d,S} = down W_d
 layers.L.input_norm, layers.L.post_attention_norm  (d_s,)  student RMSNorm gains
+layers.L.gate_delta|up_delta  (I, d_s)  Delta added to W_{g,S} / W_{u,S} (mlp_train dense|core only)
+layers.L.down_delta  (d_s, I)  Delta added to W_{d,S} (mlp_train dense|core only)
 ================  ==========  ==========================================================
 
 L is the *teacher* layer index; layers in ``del_layers`` have no entry.
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from .config import LRCConfig
+from .mlp_train import MLP_KINDS, delta_name, delta_shape
 
 # Projections stored as (d, d_s): contract the teacher matrix's input axis as W_T @ P.
 IN_SIDE_D_BY_DS = ("q", "k", "v", "qkv", "mlp_in")
@@ -34,6 +37,7 @@ IN_SIDE_D_BY_DS = ("q", "k", "v", "qkv", "mlp_in")
 # contract the teacher matrix's output axis as P @ W_T (embed/head: E_T @ P^T on the hidden axis).
 D_S_BY_D = ("o", "gate", "up", "down")
 GAINS = ("input_norm", "post_attention_norm")
+DELTAS = tuple(delta_name(k) for k in MLP_KINDS)
 
 
 def layer_projection_names(lrc: LRCConfig) -> tuple[str, ...]:
@@ -46,33 +50,45 @@ def layer_projection_names(lrc: LRCConfig) -> tuple[str, ...]:
 class LayerProjections(nn.Module):
     """Projections and norm gains of one student layer (teacher layer L)."""
 
-    def __init__(self, d: int, d_s: int, lrc: LRCConfig):
+    def __init__(self, d: int, d_s: int, lrc: LRCConfig, intermediate: int | None = None):
         super().__init__()
         for name in layer_projection_names(lrc):
             shape = (d, d_s) if name in IN_SIDE_D_BY_DS else (d_s, d)
             self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         for name in GAINS:
             self.register_parameter(name, nn.Parameter(torch.empty(d_s)))
+        if lrc.mlp_train != "lrc":  # Dense- / CORE-LRC (lrc.mlp_train): registered after, so the RNG
+            if intermediate is None:  # draws of the projections above are those of plain LRC
+                raise ValueError(f"mlp_train={lrc.mlp_train!r} needs the teacher's intermediate_size")
+            for kind in MLP_KINDS:
+                self.register_parameter(delta_name(kind),
+                                        nn.Parameter(torch.empty(delta_shape(kind, intermediate, d_s))))
 
 
 class LRCProjections(nn.Module):
-    """All trainable LRC tensors. ``reset_parameters`` draws N(0, init_std^2) and sets gains to 1."""
+    """All trainable LRC tensors. ``reset_parameters`` draws N(0, init_std^2), sets gains to 1 and Deltas to 0.
 
-    def __init__(self, d: int, d_s: int, kept_layers: list[int], lrc: LRCConfig):
+    ``intermediate`` (the teacher's MLP width I) is needed only when ``lrc.mlp_train`` is dense or core.
+    """
+
+    def __init__(self, d: int, d_s: int, kept_layers: list[int], lrc: LRCConfig, intermediate: int | None = None):
         super().__init__()
         self.d, self.d_s = d, d_s
         self.embed = nn.Parameter(torch.empty(d_s, d))
         self.lm_head = None if lrc.tie_word_emb_proj else nn.Parameter(torch.empty(d_s, d))
         self.final_norm = nn.Parameter(torch.empty(d_s))
-        self.layers = nn.ModuleDict({str(i): LayerProjections(d, d_s, lrc) for i in kept_layers})
+        self.layers = nn.ModuleDict({str(i): LayerProjections(d, d_s, lrc, intermediate) for i in kept_layers})
         self.init_std = lrc.init_std
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
-            if name.rsplit(".", 1)[-1] in GAINS or name == "final_norm":
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in GAINS or name == "final_norm":
                 p.fill_(1.0)
+            elif leaf in DELTAS:
+                p.zero_()  # no RNG draw: the projections are plain LRC's, whatever mlp_train
             else:
                 p.normal_(0.0, self.init_std)
 

@@ -158,6 +158,13 @@ def check_resume_compatible(stored: dict[str, Any], current: dict[str, Any], whe
     """Refuse to resume a checkpoint under a different LRC configuration (names the differing fields)."""
     from .run_dir import CONFIG_NAME
 
+    import dataclasses
+
+    from .config import LRCConfig
+
+    # A field added after the checkpoint was written has its default there (e.g. mlp_train = "lrc").
+    defaults = {f.name: f.default for f in dataclasses.fields(LRCConfig) if f.default is not dataclasses.MISSING}
+    stored = {**{k: v for k, v in defaults.items() if k in current}, **stored}
     diff = [f"{k}: checkpoint {stored.get(k)!r} vs now {current.get(k)!r}" for k in sorted(set(stored) | set(current))
             if k not in _RESUME_FREE_FIELDS and stored.get(k) != current.get(k)]
     if diff:

@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -49,7 +50,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .baselines import BASELINE_CONFIG_NAME, MAPS_NAME, BaselineModel
-from .checkpoint import CheckpointError, TeacherRef, load_into_projections, load_lrc_checkpoint, save_lrc_checkpoint
+from .checkpoint import (CheckpointError, TeacherRef, core_basis_note, load_into_projections, load_lrc_checkpoint,
+                         save_lrc_checkpoint)
 from .data import collate_batch
 from .errors import EXIT_NONFINITE, LRCError
 from .evaluate import ce_sum
@@ -59,6 +61,7 @@ from .run_dir import (MODEL_WEIGHTS_NAME, RUN_RECORD_NAME, STAGING_DIR, WEIGHTS_
                       newest_complete_checkpoint, publish_checkpoint, rotate_checkpoints, save_files_atomically,
                       write_json_atomic)
 
+logger = logging.getLogger(__name__)
 _LAYER_KEY_RE = re.compile(r"^L\d+-")
 
 
@@ -281,7 +284,8 @@ class LRCTrainer(Trainer):
     def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
         """``lrc_weights.safetensors`` + ``lrc_config.json`` (LRC config and teacher identity)."""
         lrc = self.lrc_model
-        save_lrc_checkpoint(output_dir, lrc.projections, lrc.lrc_config, self.teacher_ref, state_dict=state_dict)
+        save_lrc_checkpoint(output_dir, lrc.projections, lrc.lrc_config, self.teacher_ref, state_dict=state_dict,
+                            core_basis=lrc.core_bases_fingerprint())
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
@@ -340,6 +344,9 @@ class LRCTrainer(Trainer):
             raise CheckpointError(f"cannot resume from {str(ckpt_dir)!r}: it was trained against teacher "
                                   f"{ckpt.teacher.describe()}, not {self.teacher_ref.describe()}: {why}")
         load_into_projections(lrc.projections, ckpt.weights, what=f"checkpoint {ckpt_dir}")
+        note = core_basis_note(ckpt.core_basis, lrc.core_bases_fingerprint(), ckpt_dir)
+        if note and self.args.process_index == 0:
+            logger.warning(note)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial) -> tuple[int, int]:

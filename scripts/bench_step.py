@@ -4,7 +4,8 @@
 The FLOP model of an LRC step is (a) + (b): the teacher must run, and the student must be trained.
 This measures, in one process, interleaved round-robin after warm-up, the tokens/s of each, the
 ratio c / (a + b), and the peak memory of each phase (``torch.cuda.max_memory_allocated`` on GPU,
-sampled RSS on CPU). Ablations say where the rest goes: the LRC step without clone terms, without
+sampled RSS on CPU). ``--mlp-train dense,core`` adds the LRC step of Dense- / CORE-LRC (lrc.mlp_train)
+and reports its time and memory as a ratio to plain LRC's. Ablations say where the rest goes: the LRC step without clone terms, without
 KL, and the student-weight generation alone (forward + backward); they also time (b) with LRC's chunked
 fused CE in place of HF's full-logit CE, to show how much the bound owes to HF's loss. ``--phases``
 times the pieces of the LRC step itself. Besides wall time (median and best of the rounds), the
@@ -116,6 +117,13 @@ def build(args, device, dtype):
         "no_clone": LRCModel(teacher, LRCConfig(**lrc_kw, ban_losses=LRCConfig(**lrc_kw).clone_terms())).to(dtype),
         "no_kl": LRCModel(teacher, LRCConfig(**lrc_kw, use_logits_loss=False)).to(dtype),
     } if args.ablations else {}
+    for mode in [m for m in args.mlp_train.split(",") if m]:  # Dense- / CORE-LRC (lrc.mlp_train)
+        t0 = time.perf_counter()
+        variants[mode] = LRCModel(teacher, LRCConfig(**lrc_kw, mlp_train=mode)).to(dtype)
+        if args.gradient_checkpointing:
+            variants[mode].enable_gradient_checkpointing()
+        print(f"--mlp_train {mode}: built in {time.perf_counter() - t0:.1f}s (core: the fp64 SVD of every MLP matrix)",
+              flush=True)
     return teacher, lrc, student, variants
 
 
@@ -134,6 +142,8 @@ def main() -> None:
     ap.add_argument("--ablations", action="store_true", help="also time LRC without clone terms / without KL, "
                                                              "the weight generation alone, and (b) with LRC's "
                                                              "chunked fused CE instead of HF's")
+    ap.add_argument("--mlp-train", default="", help="also time the LRC step with --mlp_train MODE (comma list: "
+                                                     "dense,core) and report its time and memory over plain LRC")
     ap.add_argument("--loss-memory", action="store_true", help="peak memory of the loss, chunked vs unchunked")
     ap.add_argument("--loss-vocab", type=int, default=128256)
     ap.add_argument("--loss-tokens", type=int, default=3 * 2048)
@@ -237,6 +247,17 @@ def main() -> None:
         "student_params": sum(p.numel() for p in student.parameters()),
         "trainable_params": sum(p.numel() for p in lrc.trainable_parameters()),
     }
+    modes = [m for m in args.mlp_train.split(",") if m]
+    if modes:
+        res["mlp_train"] = {m: {
+            "step_time_ratio": med[f"c_lrc_step_{m}"] / med["c_lrc_step"],
+            "step_cpu_time_ratio": cpu_med[f"c_lrc_step_{m}"] / cpu_med["c_lrc_step"],
+            "peak_memory_ratio": peaks[f"c_lrc_step_{m}"] / peaks["c_lrc_step"] if peaks["c_lrc_step"] else None,
+            "trainable_params": sum(p.numel() for p in variants[m].trainable_parameters()),
+            "core_bases_bytes": sum(q.numel() * q.element_size() for q in (variants[m].core_bases() or {}).values()),
+        } for m in modes}
+        res["mlp_train"]["peak_memory_note"] = ("GPU: max_memory_allocated of the phase; CPU: sampled process RSS, "
+                                                "which also holds every other phase's tensors")
     if args.phases:
         res["lrc_phases"] = lrc_phases(lrc, opt_l, ids, device, args.iters)
     if args.flops:  # matmul / attention FLOPs of each phase (torch's FLOP counter): a noise-free bound

@@ -21,6 +21,11 @@ origin              random-init student, CE only (ordinary training)
 
 A variant ``NAME:flag=value[:flag=value]`` runs a method with other loss / LRC flags, for ablations:
 ``--methods lrc:aux_loss_scale_factor=0.02,lrc:aux_loss_type=nmse`` (its results live under that name).
+``lrc:mlp_train=dense`` trains Dense-LRC from step 0. The pseudo-flag ``then=MODE`` makes a two-phase
+method ("Train What You Deploy"): for each budget of S steps, plain LRC for S // 2 steps, then
+``--mlp_train MODE`` for the rest, started with ``--init_from`` the phase-1 weights (fresh optimizer and
+warm-up; the data order of phase 2 uses seed + 1, so it is not a replay of phase 1's batches), e.g.
+``lrc:aux_loss_scale_factor=0.002:then=core``.
 
 Each method is ONE run with a constant learning rate after a fixed warm-up, evaluated at every
 token budget of the ladder on the way (the result at budget B is the model after B training
@@ -75,6 +80,11 @@ def method_flags(spec: str) -> dict[str, Any]:
         k, sep, v = kv.partition("=")
         if not sep or not k or not v:
             raise SystemExit(f"error: method {spec!r}: {kv!r} is not flag=value")
+        if k == "then":
+            if flags["model_cls"] != "distill" or v not in ("dense", "core"):
+                raise SystemExit(f"error: method {spec!r}: then=MODE needs an LRC method and MODE dense or core")
+            flags[k] = v
+            continue
         if k not in hf_trainer.FLAGS:
             raise SystemExit(f"error: method {spec!r}: unknown hf_trainer flag --{k}")
         if k == "model_cls" or k in run_flags(ReproConfig(), "", "", Path(), 1):  # the same for every method
@@ -231,7 +241,10 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         print(f"\n=== {method}: training to {steps} steps ({steps * cfg.tokens_per_step():,} tokens) ===", flush=True)
         flags = {**run_flags(cfg, teacher, train_file, run_dir, steps), **method_flags(method)}
         t0 = time.time()
-        trainer = hf_trainer.train(hf_trainer.parse_flags(flags))
+        if "then" in flags:
+            trainer = _two_phases(flags, cfg, teacher, train_file, run_dir, steps, budget)
+        else:
+            trainer = hf_trainer.train(hf_trainer.parse_flags(flags))
         if trainer is None:
             raise SystemExit(f"error: {run_dir} finished {steps} steps before, but {res_file} is missing: move "
                              f"{run_dir} away to train this budget again")
@@ -246,12 +259,63 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         result = {"method": method, "budget": budget, "steps": steps, "tokens": steps * cfg.tokens_per_step(),
                   **ev, "wall_s": wall, "train_loss_last": hist[-1]["loss"] if hist else None,
                   "train_ce_last": hist[-1].get("ce") if hist else None,
+                  "train_clone_last": hist[-1].get("clone") if hist else None,
+                  "delta_rel_norm": delta_rel_norm(model) if is_lrc(method) else None,
                   "segment_runtime_s": rt[-1]["train_runtime"] if rt else wall,
                   "trainable_parameters": sum(p.numel() for p in model.trainable_parameters())}
         write_json_atomic(res_file, result)
         print(f"[{method} @ {budget:,} tokens] held-out ppl {r.ppl:.1f}  KL {r.kl:.3f}  top-1 {r.top1:.3f}", flush=True)
         del trainer, model, scored
         yield
+
+
+def delta_rel_norm(model) -> float | None:
+    """How far Dense/CORE moved the MLP weights: ||Delta||_F / ||W_T P||_F over all gate, up and down
+    matrices (None for plain LRC)."""
+    import torch
+
+    from lrc.mlp_train import mlp_delta
+
+    lrc = model.lrc_config
+    if lrc.mlp_train == "lrc":
+        return None
+    with torch.no_grad():
+        w = model.student_weights(dtype=torch.float32)
+        bases = model.core_bases()
+        num = den = 0.0
+        for j, L in enumerate(model.kept_layers):
+            layer = model.projections.layers[str(L)]
+            for kind, leaf in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+                d = mlp_delta(lrc.mlp_train, kind, getattr(layer, f"{kind}_delta").float(),
+                              bases[(L, kind)] if bases else None)
+                num += float(d.pow(2).sum())
+                den += float((w[f"model.layers.{j}.mlp.{leaf}.weight"] - d).pow(2).sum())
+    return (num / den) ** 0.5 if den else None
+
+
+def _two_phases(flags: dict[str, Any], cfg: ReproConfig, teacher: str, train_file: str, run_dir: Path, steps: int,
+                budget: int):
+    """Plain LRC to steps // 2 (one growing run, ``run_dir/phase1``), then ``--mlp_train flags['then']`` from
+    its weights for the remaining steps (``run_dir/phase2_{budget}``). Returns the phase-2 trainer."""
+    import shutil
+
+    import hf_trainer
+    from lrc.run_dir import CONFIG_NAME, WEIGHTS_NAME, atomic_dir
+
+    mode = flags.pop("then")
+    half = max(1, steps // 2)
+    snapshot = run_dir / f"phase1_at_{half}"
+    if not (snapshot / WEIGHTS_NAME).is_file():
+        p1 = {**flags, **run_flags(cfg, teacher, train_file, run_dir / "phase1", half), "mlp_train": "lrc"}
+        print(f"--- phase 1: plain LRC to {half} steps", flush=True)
+        hf_trainer.train(hf_trainer.parse_flags(p1))
+        with atomic_dir(snapshot) as tmp:
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                shutil.copy2(run_dir / "phase1" / f"checkpoint-{half}" / name, tmp / name)
+    p2 = {**flags, **run_flags(cfg, teacher, train_file, run_dir / f"phase2_{budget}", steps - half),
+          "mlp_train": mode, "init_from": str(snapshot), "seed": cfg.seed + 1}
+    print(f"--- phase 2: --mlp_train {mode} from {snapshot} for {steps - half} steps", flush=True)
+    return hf_trainer.train(hf_trainer.parse_flags(p2))
 
 
 def make_evaluator(teacher_dir: str, held_file: str, cfg: ReproConfig, out: Path):

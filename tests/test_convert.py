@@ -32,7 +32,7 @@ def _train_time_model(teacher_dir: str, teacher, lrc: LRCConfig, seed: int = 1) 
 
 def _save_ckpt(model: LRCModel, teacher_dir: str, out: Path) -> Path:
     ref = TeacherRef(teacher_dir, teacher_fingerprint(model.teacher.config), model.teacher.config.model_type)
-    save_lrc_checkpoint(out, model.projections, model.lrc_config, ref)
+    save_lrc_checkpoint(out, model.projections, model.lrc_config, ref, core_basis=model.core_bases_fingerprint())
     return out
 
 
@@ -46,17 +46,20 @@ def teachers(tmp_path_factory):
     return out
 
 
-MATRIX = list(itertools.product(FAMILIES, (True, False), (True, False), (True, False), (True, False), ((), (1,))))
+MATRIX = list(itertools.product(FAMILIES, (True, False), (True, False), (True, False), (True, False), ((), (1,)),
+                                ("lrc", "dense", "core")))
 
 
-@pytest.mark.parametrize("family,tied,tie_proj,all_attn,in_out,del_layers", MATRIX,
-                         ids=[f"{f}-tied{int(t)}-tp{int(tp)}-aa{int(a)}-io{int(i)}-del{len(d)}" for f, t, tp, a, i, d in MATRIX])
+@pytest.mark.parametrize("family,tied,tie_proj,all_attn,in_out,del_layers,mlp_train", MATRIX,
+                         ids=[f"{f}-tied{int(t)}-tp{int(tp)}-aa{int(a)}-io{int(i)}-del{len(d)}-{m}"
+                              for f, t, tp, a, i, d, m in MATRIX])
 def test_converted_student_equals_training_student(teachers, tmp_path, family, tied, tie_proj, all_attn, in_out,
-                                                   del_layers):
+                                                   del_layers, mlp_train):
+    """Every family x variant x --mlp_train: the folded student is the training-time one (Deltas nonzero)."""
     teacher_dir = teachers[family, tied]
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
     lrc = LRCConfig(target_hidden_size=32, tie_word_emb_proj=tie_proj, use_all_attn=all_attn,
-                    use_in_out_mlp=in_out, del_layers=del_layers, target_rms_norm_eps=1e-5)
+                    use_in_out_mlp=in_out, del_layers=del_layers, target_rms_norm_eps=1e-5, mlp_train=mlp_train)
     model = _train_time_model(teacher_dir, teacher, lrc)
     ckpt = _save_ckpt(model, teacher_dir, tmp_path / "run")
     out = convert_checkpoint(str(ckpt), str(tmp_path / "student"))
@@ -78,6 +81,11 @@ def test_converted_student_equals_training_student(teachers, tmp_path, family, t
     assert student.config.num_attention_heads == 4 and student.config.num_key_value_heads == 2
     assert (out / "generation_config.json").is_file()
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
+    assert json.loads((out / "lrc_conversion.json").read_text())["lrc"]["mlp_train"] == mlp_train
+    L = model.kept_layers[0]  # the Delta is in the deployed matrix, not only in the training-time one
+    plain_down = model.projections.layers[str(L)].down @ teacher.model.layers[L].mlp.down_proj.weight
+    moved = (student.model.layers[0].mlp.down_proj.weight - plain_down).abs().max().item()
+    assert (moved > 1e-3) == (mlp_train != "lrc"), moved
 
 
 def test_official_checkpoint_converts(teachers, tmp_path):

@@ -34,7 +34,8 @@ def test_bench_step_runs_on_a_tiny_teacher(tiny_assets, tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--teacher", tiny_assets["teacher"],
                         "--target-hidden-size", "32", "--batch", "2", "--seq", "16", "--warmup", "1", "--iters", "1",
-                        "--loss-memory", "--loss-vocab", "512", "--loss-tokens", "64", "--json", str(out)],
+                        "--loss-memory", "--loss-vocab", "512", "--loss-tokens", "64", "--mlp-train", "dense,core",
+                        "--json", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -46,6 +47,11 @@ def test_bench_step_runs_on_a_tiny_teacher(tiny_assets, tmp_path):
     assert res["trainable_params"] > 0 and res["student_params"] < res["teacher_params"]
     lm = res["loss_memory"]
     assert lm["vocab"] == 512 and lm["tokens"] == 64 and lm["ratio"] > 0
+    mt = res["mlp_train"]  # Dense / CORE step against plain LRC: 2 layers x 3 matrices x I=96 x d_s=32 more
+    for mode in ("dense", "core"):
+        assert mt[mode]["step_time_ratio"] == pytest.approx(sec[f"c_lrc_step_{mode}"] / sec["c_lrc_step"])
+        assert mt[mode]["trainable_params"] - res["trainable_params"] == 2 * 3 * 96 * 32
+    assert mt["dense"]["core_bases_bytes"] == 0 and mt["core"]["core_bases_bytes"] == 2 * 3 * 96 * 64 * 4
 
 
 def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, capsys):
@@ -90,8 +96,22 @@ def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, cap
     run_cfg = json.loads((var / "run_config.json").read_text())
     assert run_cfg["lrc"]["aux_loss_type"] == "nmse" and run_cfg["lrc"]["aux_loss_scale_factor"] == 0.5
     assert "| lrc:aux_loss_type=nmse:aux_loss_scale_factor=0.5 |" in (docs / "REPRODUCE_SMALL.md").read_text()
+    # two phases (Train What You Deploy): plain LRC to half of each budget, then core from its weights
+    rs.main(**{**args, "methods": "lrc:then=core,lrc:mlp_train=dense", "budgets": "64,128"})
+    two = out / "runs" / "lrc:then=core"
+    p1 = json.loads((two / "phase1" / "trainer_state.json").read_text())
+    assert p1["global_step"] == 2  # 1 step (half of 64 tokens), then grown to 2 (half of 128)
+    assert (two / "phase1_at_1" / "lrc_weights.safetensors").is_file()
+    rec = json.loads((two / "phase2_128" / "run_config.json").read_text())
+    assert rec["lrc"]["mlp_train"] == "core" and rec["init_from"] == str((two / "phase1_at_2").resolve())
+    assert json.loads((two / "phase2_128" / "trainer_state.json").read_text())["global_step"] == 2
+    r = json.loads((out / "results" / "lrc:then=core" / "128.json").read_text())
+    assert r["steps"] == 4 and r["delta_rel_norm"] > 0
+    assert json.loads((out / "results" / "lrc:mlp_train=dense" / "64.json").read_text())["delta_rel_norm"] > 0
+    assert json.loads((out / "results" / "lrc" / "64.json").read_text())["delta_rel_norm"] is None
     for bad, msg in (("lrc:learning_rate=1", "set by the comparison"), ("lrc:nonsense=1", "unknown hf_trainer flag"),
-                     ("lrc:aux_loss_type", "not flag=value"), ("lrx", "unknown method")):
+                     ("lrc:aux_loss_type", "not flag=value"), ("lrx", "unknown method"),
+                     ("origin:then=core", "then=MODE needs an LRC method")):
         with pytest.raises(SystemExit, match=msg):
             rs.main(**{**args, "methods": bad})
 

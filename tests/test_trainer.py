@@ -393,15 +393,17 @@ def _launch(tmp_path: Path, name: str, flags: dict, launcher: list[str], script_
     return out
 
 
-@pytest.mark.parametrize("backend", ["ddp", "deepspeed_zero2"])
-def test_two_processes_match_one(assets, tmp_path, backend):
-    """2 CPU processes x batch 2 == 1 process x batch 4: identical weights on both ranks, same losses."""
+@pytest.mark.parametrize("backend, mlp_train", [("ddp", "lrc"), ("deepspeed_zero2", "lrc"), ("deepspeed_zero2", "core")])
+def test_two_processes_match_one(assets, tmp_path, backend, mlp_train):
+    """2 CPU processes x batch 2 == 1 process x batch 4: identical weights on both ranks, same losses
+    (also with CORE-LRC's Deltas and frozen bases under ZeRO-2)."""
     if backend == "deepspeed_zero2":
         pytest.importorskip("deepspeed")
-    flags = base_flags(assets, tmp_path, max_steps=4, save_steps=2, batch_size=2, learning_rate=5e-3)
+    flags = base_flags(assets, tmp_path, max_steps=4, save_steps=2, batch_size=2, learning_rate=5e-3,
+                       mlp_train=mlp_train)
     flags.pop("output_dir")
     single = _launch(tmp_path, "single", {**flags, "batch_size": 4}, [sys.executable])
-    port = str(29500 + os.getpid() % 1000 + (7 if backend == "ddp" else 11))
+    port = str(29500 + os.getpid() % 1000 + (7 if backend == "ddp" else 11 if mlp_train == "lrc" else 13))
     if backend == "ddp":
         launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
@@ -412,6 +414,7 @@ def test_two_processes_match_one(assets, tmp_path, backend):
     multi = _launch(tmp_path, "multi", flags, launcher)
     r0, r1 = load_file(str(multi / "rank0of2.safetensors")), load_file(str(multi / "rank1of2.safetensors"))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # replicas stayed identical
+    assert any(k.endswith("_delta") for k in r0) == (mlp_train != "lrc")
     one = load_file(str(single / "rank0of1.safetensors"))
     assert all(torch.allclose(one[k], r0[k], atol=2e-5, rtol=1e-4) for k in one)
     saved = weights(multi)  # written once, by the main process, and equal to the replicas
@@ -422,7 +425,7 @@ def test_two_processes_match_one(assets, tmp_path, backend):
         for k in ("loss", "ce", "kl", "clone"):
             assert a[k] == pytest.approx(b[k], rel=1e-4), (k, a[k], b[k])
     assert verify_checkpoint(multi / "checkpoint-2") is None and verify_checkpoint(multi / "checkpoint-4") is None
-    if backend == "deepspeed_zero2":
+    if backend == "deepspeed_zero2" and mlp_train == "lrc":  # (core: resume is covered in one process)
         assert (multi / "checkpoint-4" / "global_step4").is_dir()  # DeepSpeed really ran (its engine state)
         # resume through DeepSpeed's own checkpoint loading, 2 more steps
         _launch(tmp_path, "multi", {**flags, "resume": "auto", "max_steps": 6}, launcher, script_name="resume")
