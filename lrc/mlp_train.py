@@ -59,19 +59,26 @@ def delta_shape(kind: str, intermediate: int, d_s: int) -> tuple[int, int]:
     return (d_s, intermediate) if kind == "down" else (intermediate, d_s)
 
 
+def _linalg_device() -> torch.device:
+    """This process's GPU: the fp64 factorisations run there when there is one (the teacher may still be
+    on the CPU when the model is built; on CPU the audit and CORE's bases take minutes for a 3B teacher)."""
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def rank_tolerance(sigma_max: float, shape: tuple[int, ...]) -> float:
     """Singular values at or below this are treated as zero (see the module docstring)."""
     return sigma_max * max(shape) * RANK_EPS
 
 
 def numerical_rank(w: Tensor) -> int:
-    """Rank of a matrix by ``rank_tolerance``, its singular values from the fp64 Gram matrix of its short side.
+    """Rank of a matrix by ``rank_tolerance``, its singular values from the fp64 Gram matrix of its short side
+    (computed on this process's GPU if there is one).
 
     sigma^2 = eig(A^T A) resolves singular values down to about 1e-8 sigma_max in fp64, far below the
     tolerance (>= 1e-4 sigma_max for any teacher matrix), at a quarter of an SVD's cost for a tall
     matrix such as the embedding.
     """
-    a = w.detach().to(torch.float64)
+    a = w.detach().to(_linalg_device(), torch.float64) if torch.cuda.is_available() else w.detach().to(torch.float64)
     if a.shape[0] < a.shape[1]:
         a = a.t()
     if a.numel() == 0:
@@ -104,7 +111,7 @@ def core_bases(teacher_params: Mapping[str, Tensor], kept_layers: list[int]) -> 
     computes its own from identical weights, and the fingerprints are compared: replicas with different
     bases would train different students, so that stops the run.
     """
-    work = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    work = _linalg_device() if torch.cuda.is_available() else None
     bases = {}
     for L in kept_layers:
         for kind in MLP_KINDS:
