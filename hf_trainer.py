@@ -625,7 +625,7 @@ def train(cfg: dict[str, Any], trainer_cls=None):
                                                          TeacherRef(**plan.record["teacher"])))
             else:
                 say(f"--init_from {cfg['init_from']} is not used: the run resumes from its own checkpoint")
-        if not baseline:
+        if not baseline and main:  # printed and recorded by the main process only (SVDs of every teacher matrix)
             from lrc.mlp_train import format_audit
 
             audit = model.reachability_audit()

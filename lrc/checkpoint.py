@@ -235,7 +235,7 @@ def init_from_checkpoint(path: str | os.PathLike, projections: LRCProjections, l
 
     Returns a one-line description of what was loaded. Raises CheckpointError naming any difference.
     """
-    from .mlp_train import delta_name
+    from .projections import DELTAS
 
     ck = load_lrc_checkpoint(path)
     what = f"--init_from {str(path)!r}"
@@ -262,8 +262,7 @@ def init_from_checkpoint(path: str | os.PathLike, projections: LRCProjections, l
                               f"(mlp_train='lrc') or from its own mode ({lrc.mlp_train!r}), not from another "
                               f"mode's Deltas")
     own = projections.state_dict()
-    fresh = [k for k in own if k.rsplit(".", 1)[-1] in {delta_name(x) for x in ("gate", "up", "down")}
-             and k not in weights]
+    fresh = [k for k in own if k.rsplit(".", 1)[-1] in DELTAS and k not in weights]
     if src_mode == "lrc":
         weights.update({k: torch.zeros_like(own[k]) for k in fresh})
     load_into_projections(projections, weights, what)

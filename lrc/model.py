@@ -109,6 +109,7 @@ class LRCModel(nn.Module):
         # outside the optimizer, the checkpoints and DDP's buffer broadcast; moved to the teacher's device
         # when used.
         self._core_bases: dict[tuple[int, str], Tensor] | None = None
+        self._core_fingerprint: str | None = None
         if lrc.mlp_train == "core":
             self._core_bases = core_bases(dict(teacher.named_parameters()), self.kept_layers)
         self.student_config = student_config(tcfg, lrc)
@@ -159,8 +160,15 @@ class LRCModel(nn.Module):
         return self._core_bases
 
     def core_bases_fingerprint(self) -> str:
-        """sha256 prefix of CORE's bases ("" unless mlp_train is core): recorded in checkpoints."""
-        return "" if self._core_bases is None else bases_fingerprint(self._core_bases)
+        """sha256 prefix of CORE's bases ("" unless mlp_train is core): recorded in checkpoints.
+
+        Hashed once (the bases never change; 8 GiB for Llama-3.2-3B), not at every save.
+        """
+        if self._core_bases is None:
+            return ""
+        if self._core_fingerprint is None:
+            self._core_fingerprint = bases_fingerprint(self._core_bases)
+        return self._core_fingerprint
 
     def reachability_audit(self) -> list[AuditRow]:
         """Deployed vs reachable degrees of freedom per matrix kind (``lrc.mlp_train.reachability_audit``)."""
