@@ -116,6 +116,12 @@ FLAGS: dict[str, Flag] = {
                                 "default: transformers')", "flash_attention_2"),
     "gradient_checkpointing": Flag(False, "bool", "recompute each student layer (and its clone terms) in backward: "
                                    "less activation memory, ~1 more student forward per step"),
+    "generation_once_per_step": Flag(True, "bool", "generate the student's weights once per optimizer step under "
+                                     "gradient accumulation (exact; W_S and its gradient then live across the "
+                                     "micro-batches); false: once per micro-batch, for debugging"),
+    "shard_generation": Flag("auto", "str", "auto | on | off: each data-parallel rank of a node generates only its "
+                             "share of the student's weights, then they are all-gathered (exact; auto: on with "
+                             "several GPU processes per node); docs/TRAINING.md, Where student weights are generated"),
     "num_workers": Flag(0, "int", "DataLoader workers", "8"),
     # --- checkpoints and logging
     "log_steps": Flag(100, "int", "log every N optimizer steps (loss, ce, kl, clone, each term, L{i}-{term})"),
@@ -289,6 +295,8 @@ def _validate(cfg: dict[str, Any]) -> None:
               "save_steps", "num_epochs", "logits_chunk_tokens"):
         if cfg[k] is None or cfg[k] < 1:
             raise FlagError(f"--{k} must be a positive integer, got {cfg[k]!r}")
+    if cfg["shard_generation"] not in ("auto", "on", "off"):
+        raise FlagError(f"--shard_generation must be auto, on or off, got {cfg['shard_generation']!r}")
     if cfg["data_max_len"] < 2:
         raise FlagError(f"--data_max_len must be at least 2 (one token to read, one to predict), got {cfg['data_max_len']}")
     from lrc.resume import CHECKED_FLAGS
@@ -351,7 +359,8 @@ MODEL_CLASSES = ("distill", "origin", "only_kd", "tiny_bert")
 # LRC flags that do not change a baseline (its architecture comes from target_hidden_size, del_layers,
 # tie_word_emb_proj and target_rms_norm_eps; its KL from kl_temperature / kl_reduction).
 _LRC_ONLY_FLAGS = ("use_all_attn", "use_in_out_mlp", "ban_layers", "str_ban_losses", "aux_loss_type",
-                   "aux_loss_scale_factor", "attn_out_space", "use_aux_loss", "mlp_train")
+                   "aux_loss_scale_factor", "attn_out_space", "use_aux_loss", "mlp_train", "generation_once_per_step",
+                   "shard_generation")
 
 
 def _validate_model_cls(cfg: dict[str, Any]) -> None:
@@ -634,7 +643,11 @@ def train(cfg: dict[str, Any], trainer_cls=None):
         ref = TeacherRef(**plan.record["teacher"])
         stopper = StopOnSignal(stop)
         trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds,
-                              run_record=plan.record, resume_plan=plan, callbacks=[stopper])
+                              run_record=plan.record, resume_plan=plan, callbacks=[stopper],
+                              generation_once_per_step=cfg["generation_once_per_step"],
+                              shard_generation=cfg["shard_generation"])
+        if not baseline:
+            say(trainer.generation_summary())
         if baseline:
             trainer.student_tokenizer = tokenizer
         if trainer.is_deepspeed_enabled and "world_size" in plan.changed:

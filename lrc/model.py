@@ -5,7 +5,10 @@ One forward (``LRCModel.forward``):
 1. the teacher runs under ``no_grad``; forward hooks capture the clone targets of every kept,
    non-banned layer (q/k/v projection outputs before RoPE and q/k-norm, attention-block output, gate
    pre-activation, up, FFN output, or the block inputs for the shared variants);
-2. the student's weights are generated once (``lrc.generate.generate_student_weights``);
+2. the student's weights are generated (``lrc.generate.generate_student_weights``): once per forward,
+   or, in training under gradient accumulation, once per optimizer step (``window_end``,
+   ``lrc.generation_window``); with a ``ShardPlan`` each data-parallel rank of a node generates only its
+   share and the shares are all-gathered (``lrc.sharded_generation``);
 3. the student, a standard HF model of the same class the converter writes (a parameter-free
    "meta" skeleton, run with ``torch.func.functional_call``), runs with hooks that compute each
    clone term as soon as its activation exists and then drop the teacher's target;
@@ -31,10 +34,12 @@ from . import config as C
 from .config import LRCConfig
 from .families import check_family, is_tied, student_config
 from .generate import generate_student_weights
+from .generation_window import GenerationWindow
 from .losses import clone_distance, fused_logit_losses
 from .mlp_train import AuditRow, bases_fingerprint, core_bases, reachability_audit
 from .positions import loss_positions
 from .projections import LRCProjections
+from .sharded_generation import ShardPlan, generate_sharded, generation_flops, plan_shards
 
 # Which teacher activation each clone term needs: (module under the decoder layer, "in" | "out").
 _TEACHER_CAPTURE = {
@@ -127,6 +132,8 @@ class LRCModel(nn.Module):
         self.gradient_checkpointing = False
         self._gc_replaying = False
         self._gc_hooks: list = []  # under gradient checkpointing: the last step's student hooks
+        self._window: GenerationWindow | None = None  # the open accumulation window's weights
+        self.shard_plan: ShardPlan | None = None  # set by ``plan_sharded_generation``
 
     # ------------------------------------------------------------------ student weights
     @property
@@ -143,12 +150,60 @@ class LRCModel(nn.Module):
         """Explicit trainable set: the projections and the student gains (never the teacher)."""
         return list(self.projections.parameters())
 
-    def student_weights(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-        """Generate the student's parameters (standard HF names) from the teacher and projections."""
+    def student_weights(self, dtype: torch.dtype | None = None, names: list[str] | None = None) -> dict[str, Tensor]:
+        """Generate the student's parameters (standard HF names; ``names``: only these) from the teacher and
+        projections, on this process alone (no sharding)."""
         # Read the teacher's tensors at call time: accelerate / DeepSpeed may move or cast them.
         return generate_student_weights(dict(self.teacher.named_parameters()), self.projections, self.lrc_config,
-                                        self.kept_layers, self._student_param_names,
+                                        self.kept_layers, self._student_param_names if names is None else names,
                                         self.teacher_tied, dtype, core_bases=self.core_bases())
+
+    def _generate_for_training(self) -> dict[str, Tensor]:
+        """All student weights, with autograd: sharded over the node's ranks when a plan is set."""
+        if self.shard_plan is None:
+            return self.student_weights()
+        return generate_sharded(lambda names: self.student_weights(names=names), self._student_param_names,
+                                self.shard_plan, self.trainable_parameters())
+
+    def training_weights(self, window_end: bool | None) -> dict[str, Tensor]:
+        """The weights a training forward runs on.
+
+        ``window_end`` None: generated for this forward alone. False / True: the micro-batch is inside /
+        the last of a gradient-accumulation window; the weights are generated at the window's first
+        micro-batch and their gradient goes through the generation once, in the last one's backward
+        (``lrc.generation_window``).
+        """
+        if window_end is None or not torch.is_grad_enabled():
+            self._window = None
+            return self._generate_for_training()
+        if self._window is None:
+            self._window = GenerationWindow(self._generate_for_training(), self.trainable_parameters())
+        weights = self._window.weights(last=window_end)
+        if window_end:
+            self._window = None
+        return weights
+
+    def plan_sharded_generation(self, group, rank: int, size: int) -> ShardPlan | None:
+        """Split the matmul-generated student tensors over ``size`` ranks of ``group`` by FLOPs (None when there
+        are fewer such tensors than ranks). Sets ``self.shard_plan``; every rank must compute the same plan."""
+        names = self._student_param_names
+        meta_teacher = {n: torch.empty_like(p, device="meta") for n, p in self.teacher.named_parameters()}
+        tcfg = self.teacher.config
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            meta_proj = LRCProjections(tcfg.hidden_size, self.lrc_config.target_hidden_size, self.kept_layers,
+                                       self.lrc_config, intermediate=tcfg.intermediate_size)
+        bases = None if self._core_bases is None else {k: torch.empty_like(v, device="meta")
+                                                       for k, v in self._core_bases.items()}
+        weights = generate_student_weights(meta_teacher, meta_proj, self.lrc_config, self.kept_layers, names,
+                                           self.teacher_tied, core_bases=bases)
+        shapes = {n: tuple(w.shape) for n, w in weights.items() if w.dim() == 2 and w.requires_grad}
+        if len(shapes) < size or size < 2:
+            self.shard_plan = None
+            return None
+        flops = generation_flops(shapes, tcfg.hidden_size)
+        self.shard_plan = ShardPlan(group=group, rank=rank, size=size, owner=plan_shards(flops, size), shapes=shapes,
+                                    flops=flops)
+        return self.shard_plan
 
     def core_bases(self) -> dict[tuple[int, str], Tensor] | None:
         """CORE's bases (``lrc.mlp_train.core_bases``) on the projections' device; None unless mlp_train is core."""
@@ -297,7 +352,7 @@ class LRCModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                labels: Tensor | None = None, **unused) -> LRCOutput:
+                labels: Tensor | None = None, window_end: bool | None = None, **unused) -> LRCOutput:
         """One LRC step's loss.
 
         Args:
@@ -305,6 +360,9 @@ class LRCModel(nn.Module):
             attention_mask: (B, S) 1 for real tokens, 0 for padding (None: packed data, all real).
             labels: (B, S) next-token targets before shifting (None: ``input_ids``); -100 excludes
                 a position from every term.
+            window_end: under gradient accumulation, whether this is the last micro-batch of the optimizer
+                step (the weights are then generated once per step, ``training_weights``); None: generate
+                them for this call.
         """
         lrc = self.lrc_config
         B, S = input_ids.shape
@@ -320,7 +378,7 @@ class LRCModel(nn.Module):
         with torch.no_grad(), self._capture_teacher(store):
             h_t = self.teacher.model(**fwd_kwargs).last_hidden_state  # (B, S, d)
 
-        weights = self.student_weights()
+        weights = self.training_weights(window_end)
         base = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
         results: dict = {}
         with self._student_losses(store, results, mask):

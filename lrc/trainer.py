@@ -1,4 +1,4 @@
-"""LRCTrainer: the HF ``Trainer`` taught five LRC-specific things.
+"""LRCTrainer: the HF ``Trainer`` taught six LRC-specific things.
 
 1. **Loss and optimizer.** ``compute_loss`` runs ``LRCModel`` and returns ``out.loss``; the optimizer
    is AdamW over ``model.trainable_parameters()`` only (betas (0.9, adam_beta2), eps 1e-8, weight
@@ -33,6 +33,11 @@
    terms of the *first* bad micro-step are recorded on the device, so the report is exact even
    though it arrives up to ``logging_steps`` steps later, and weights corrupted in between are never
    saved because every save checks first.
+6. **When and where the student's weights are generated.** Under gradient accumulation each micro-batch
+   tells the model whether it ends the optimizer step (``window_end`` = accelerate's ``sync_gradients``),
+   so the weights are generated once per step (``lrc.generation_window``; ``generation_once_per_step``
+   false turns it off). With several processes per node the generation can be sharded over them
+   (``setup_sharded_generation``, ``lrc.sharded_generation``).
 """
 
 from __future__ import annotations
@@ -150,9 +155,12 @@ class LRCTrainer(Trainer):
 
     def __init__(self, model: LRCModel, args: TrainingArguments, teacher_ref: TeacherRef,
                  train_dataset=None, eval_dataset=None, callbacks=None, run_record: dict[str, Any] | None = None,
-                 resume_plan: ResumePlan | None = None):
+                 resume_plan: ResumePlan | None = None, generation_once_per_step: bool = True,
+                 shard_generation: str = "auto"):
         """``run_record``: written into every checkpoint (``lrc.resume.run_record``); ``resume_plan``: the
-        checkpoint's record and the changes allowed on resume (``lrc.resume.plan_resume``)."""
+        checkpoint's record and the changes allowed on resume (``lrc.resume.plan_resume``);
+        ``generation_once_per_step`` / ``shard_generation`` (auto | on | off): when and where an LRC student's
+        weights are generated (module docstring, item 6)."""
         if not isinstance(model, self.model_class):
             raise TypeError(f"{type(self).__name__} trains a {self.model_class.__name__}, got {type(model).__name__}")
         super().__init__(model=model, args=args, data_collator=collate_batch, train_dataset=train_dataset,
@@ -166,6 +174,18 @@ class LRCTrainer(Trainer):
         for old, new in ((ProgressCallback, CompactProgressCallback), (PrinterCallback, CompactPrinterCallback)):
             if self.pop_callback(old) is not None:
                 self.add_callback(new)
+        is_lrc = isinstance(model, LRCModel)
+        self.generation_once_per_step = generation_once_per_step and is_lrc
+        self.shard_note = ""
+        if is_lrc:
+            self.shard_note = setup_sharded_generation(model, shard_generation, self.args.world_size)
+
+    def generation_summary(self) -> str:
+        """One line: when and where the student's weights are generated."""
+        gas = self.args.gradient_accumulation_steps
+        when = ("once per optimizer step" if self.generation_once_per_step else "once per micro-batch") + \
+            (f" ({gas} micro-batches each)" if gas > 1 else "")
+        return f"student weights: generated {when}; {self.shard_note}"
 
     def close_progress_bars(self) -> None:
         """End the progress bar's line (before an error message is printed under it)."""
@@ -196,6 +216,8 @@ class LRCTrainer(Trainer):
 
     def compute_loss(self, model, inputs: dict[str, Tensor], return_outputs: bool = False,
                      num_items_in_batch=None):
+        if model.training and self.generation_once_per_step:  # last micro-batch of the optimizer step or not
+            inputs = {**inputs, "window_end": self.accelerator.sync_gradients}
         out: LRCOutput = model(**inputs)
         if model.training:
             self.meter.add(out, self.state.global_step + 1)  # the optimizer step this micro-step belongs to
@@ -385,6 +407,38 @@ class LRCTrainer(Trainer):
             group["lr"] = a.learning_rate * lam(sched.last_epoch)
             group["betas"] = (a.adam_beta1, a.adam_beta2)
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+
+# ---------------------------------------------------------------------------------------------- sharded generation
+def setup_sharded_generation(model: LRCModel, mode: str, world_size: int) -> str:
+    """Give ``model`` a ``ShardPlan`` over this node's processes (``lrc.sharded_generation``) when ``mode`` (auto |
+    on | off) and the launch call for it; returns what was decided, for the log.
+
+    auto shards only with several NCCL (GPU) processes per node; on also shards gloo (CPU) processes. Never
+    across nodes: the group is the node's consecutive ranks (``LOCAL_WORLD_SIZE``, as torchrun sets it). Every
+    rank decides from the same facts, so all of them create the groups (a collective) or none does."""
+    import os
+
+    import torch.distributed as dist
+
+    if mode == "off":
+        return "not sharded (--shard_generation off)"
+    if world_size < 2 or not dist.is_initialized():
+        return "not sharded (one process)"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local < 2:
+        return "not sharded (one process per node; generation is never sharded across nodes)"
+    if mode == "auto" and dist.get_backend() != "nccl":
+        return "not sharded (auto shards GPU processes only; --shard_generation on forces it)"
+    if world_size % local:
+        return f"not sharded (the world size {world_size} is not a multiple of {local} processes per node)"
+    group, _ = dist.new_subgroups(group_size=local)
+    plan = model.plan_sharded_generation(group, dist.get_rank(group), local)
+    if plan is None:
+        return f"not sharded (fewer student matrices than the {local} processes per node)"
+    per_rank = plan.flops_per_rank()
+    return (f"sharded over the {local} processes of this node: generation {max(per_rank) / 1e9:.3g} GFLOP per rank "
+            f"per step instead of {sum(per_rank) / 1e9:.3g} (forward + backward)")
 
 
 # ---------------------------------------------------------------------------------------------- baselines

@@ -22,6 +22,7 @@ loss (head + KL + CE, forward + backward) with and without token chunking at the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -41,6 +42,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Con
 from lrc.config import LRCConfig  # noqa: E402
 from lrc.losses import fused_logit_losses  # noqa: E402
 from lrc.model import LRCModel  # noqa: E402
+from lrc.sharded_generation import generation_flops  # noqa: E402
 
 SHAPES = {
     "llama-3.2-3b": lambda: LlamaConfig(
@@ -149,9 +151,17 @@ def main() -> None:
     ap.add_argument("--loss-tokens", type=int, default=3 * 2048)
     ap.add_argument("--flops", action="store_true", help="also count the FLOPs of each phase (FLOP-model ratio)")
     ap.add_argument("--phases", action="store_true", help="after the rounds, time the phases of the LRC step")
+    ap.add_argument("--gas", type=int, default=1, help="micro-batches per optimizer step: every phase runs GAS "
+                    "micro-batches and one optimizer step; the LRC step generates the weights once per step (and, "
+                    "for comparison, c_lrc_step_per_micro_batch once per micro-batch)")
+    ap.add_argument("--nproc", type=int, default=1, help="N > 1: N data-parallel CPU processes (gloo, DDP) time the LRC "
+                    "step with the weight generation sharded over them against unsharded, back to back, and count "
+                    "each rank's generation FLOPs")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
+    if args.nproc > 1:
+        return data_parallel_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -166,13 +176,18 @@ def main() -> None:
     opt_l = torch.optim.AdamW(lrc.trainable_parameters(), lr=1e-5, foreach=True)
     opt_v = {k: torch.optim.AdamW(m.trainable_parameters(), lr=1e-5, foreach=True) for k, m in variants.items()}
 
+    K = args.gas
+    tokens *= K  # per optimizer step
+
     def teacher_fwd():
         with torch.no_grad():
-            teacher(input_ids=ids, use_cache=False)
+            for _ in range(K):
+                teacher(input_ids=ids, use_cache=False)
 
     def student_step():
-        loss = student(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
+        for _ in range(K):
+            loss = student(input_ids=ids, labels=ids, use_cache=False).loss
+            (loss / K).backward()
         opt_s.step()
         opt_s.zero_grad(set_to_none=True)
 
@@ -186,8 +201,9 @@ def main() -> None:
         opt_s.step()
         opt_s.zero_grad(set_to_none=True)
 
-    def lrc_step(model=lrc, opt=opt_l):
-        model(ids).loss.backward()
+    def lrc_step(model=lrc, opt=opt_l, once_per_step=True):
+        for i in range(K):  # weights generated once per optimizer step (lrc.generation_window), or per micro-batch
+            (model(ids, window_end=(i == K - 1) if once_per_step else None).loss / K).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -201,6 +217,8 @@ def main() -> None:
         opt_l.zero_grad(set_to_none=True)
 
     phases = {"a_teacher_forward": teacher_fwd, "b_student_train_step": student_step, "c_lrc_step": lrc_step}
+    if K > 1:
+        phases["c_lrc_step_per_micro_batch"] = lambda: lrc_step(once_per_step=False)
     for k, m in variants.items():
         phases[f"c_lrc_step_{k}"] = (lambda m=m, o=opt_v[k]: lrc_step(m, o))
     if args.ablations:
@@ -234,7 +252,11 @@ def main() -> None:
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "teacher": args.teacher, "target_hidden_size": args.target_hidden_size, "batch": args.batch, "seq": args.seq,
         "dtype": str(dtype).replace("torch.", ""), "attn": args.attn, "chunk_tokens": args.chunk_tokens,
-        "gradient_checkpointing": args.gradient_checkpointing,
+        "gradient_checkpointing": args.gradient_checkpointing, "gas": K,
+        "tokens_per_optimizer_step": tokens,
+        "generation_gflop_per_step": sum(generation_flops(
+            {n: tuple(w.shape) for n, w in lrc.student.named_parameters() if w.dim() == 2},
+            teacher.config.hidden_size).values()) / 1e9,
         "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(),
         "seconds": med, "seconds_min": best, "cpu_seconds": cpu_med, "seconds_all": times,
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
@@ -247,6 +269,12 @@ def main() -> None:
         "student_params": sum(p.numel() for p in student.parameters()),
         "trainable_params": sum(p.numel() for p in lrc.trainable_parameters()),
     }
+    if K > 1:
+        per_mb = med["c_lrc_step_per_micro_batch"]
+        res["ratio_c_per_micro_batch_over_a_plus_b"] = per_mb / (med["a_teacher_forward"] + med["b_student_train_step"])
+        res["ratio_c_per_micro_batch_over_a_plus_b_cpu"] = cpu_med["c_lrc_step_per_micro_batch"] / (
+            cpu_med["a_teacher_forward"] + cpu_med["b_student_train_step"])
+        res["once_per_step_speedup"] = per_mb / med["c_lrc_step"]
     modes = [m for m in args.mlp_train.split(",") if m]
     if modes:
         res["mlp_train"] = {m: {
@@ -276,6 +304,99 @@ def main() -> None:
     del student, opt_s
     if args.loss_memory:
         res["loss_memory"] = loss_memory(args, device, dtype)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+def _dp_worker(rank: int, args, port: int, results) -> None:
+    """One of ``--nproc`` gloo processes: DDP over the LRC model, the step timed unsharded and sharded in turn."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.flop_counter import FlopCounterMode
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist.init_process_group("gloo", rank=rank, world_size=args.nproc)
+    try:
+        teacher, lrc, student, _ = build(args, torch.device("cpu"), torch.float32)
+        del student
+        ddp = DDP(lrc)
+        opt = torch.optim.AdamW(lrc.trainable_parameters(), lr=1e-5, foreach=True)
+        group = dist.new_group(list(range(args.nproc)))
+        plan = lrc.plan_sharded_generation(group, rank, args.nproc)
+        ids = torch.randint(0, teacher.config.vocab_size, (args.batch, args.seq),
+                            generator=torch.Generator().manual_seed(rank))
+        K = args.gas
+
+        def step(sharded: bool):
+            lrc.shard_plan = plan if sharded else None
+            for i in range(K):
+                ctx = ddp.no_sync() if i < K - 1 else contextlib.nullcontext()
+                with ctx:
+                    (ddp(ids, window_end=(i == K - 1)).loss / K).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        phases = {"c_lrc_step_unsharded": lambda: step(False), "c_lrc_step_sharded": lambda: step(True)}
+        times = {k: [] for k in phases}
+        cpu = {k: [] for k in phases}
+        for r in range(args.warmup + args.iters):
+            for name, fn in phases.items():
+                dist.barrier()
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                if r >= args.warmup:
+                    times[name].append(dt)
+                    cpu[name].append(dc)
+            if rank == 0:
+                print(f"round {r + 1}/{args.warmup + args.iters} (load {os.getloadavg()[0]:.2f}): " +
+                      ", ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
+        gflop = {}
+        for name, fn in phases.items():  # every matmul of the step on this rank (torch's FLOP counter)
+            with FlopCounterMode(display=False) as fc:
+                fn()
+            gflop[name] = fc.get_total_flops() / 1e9
+        results[rank] = {"seconds": {k: statistics.median(v) for k, v in times.items()},
+                         "cpu_seconds": {k: statistics.median(v) for k, v in cpu.items()},
+                         "seconds_all": times, "step_gflop": gflop,
+                         "generation_gflop_planned": plan.flops_per_rank()[rank] / 1e9 if plan else None,
+                         "generation_gflop_unsharded": sum(plan.flops.values()) / 1e9 if plan else None}
+    finally:
+        dist.destroy_process_group()
+
+
+def data_parallel_main(args) -> None:
+    """``--nproc N``: the sharded against the unsharded LRC step in N gloo processes (``_dp_worker``)."""
+    import torch.multiprocessing as mp
+
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_dp_worker, args=(args, port, results), nprocs=args.nproc)
+        ranks = [results[r] for r in range(args.nproc)]
+    r0 = ranks[0]
+    res = {
+        "date": date.today().isoformat(), "device": f"CPU ({platform.processor() or platform.machine()}), "
+        f"{args.nproc} processes x {args.threads or torch.get_num_threads()} threads, gloo, DDP",
+        "torch": torch.__version__, "teacher": args.teacher, "target_hidden_size": args.target_hidden_size,
+        "batch_per_process": args.batch, "seq": args.seq, "gas": args.gas, "nproc": args.nproc,
+        "load_average_at_end": os.getloadavg(), "ranks": ranks,
+        "step_time_ratio_sharded_over_unsharded": r0["seconds"]["c_lrc_step_sharded"]
+        / r0["seconds"]["c_lrc_step_unsharded"],
+        "step_cpu_time_ratio_sharded_over_unsharded": r0["cpu_seconds"]["c_lrc_step_sharded"]
+        / r0["cpu_seconds"]["c_lrc_step_unsharded"],
+        "generation_gflop_per_rank": [r["generation_gflop_planned"] for r in ranks],
+        "generation_gflop_unsharded": r0["generation_gflop_unsharded"],
+        "step_gflop_saved_per_rank": [r["step_gflop"]["c_lrc_step_unsharded"] - r["step_gflop"]["c_lrc_step_sharded"]
+                                      for r in ranks],
+    }
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

@@ -27,7 +27,7 @@ from lrc.run_dir import (LOCK_NAME, MANIFEST_NAME, STAGING_DIR, finished_step, n
                          previous_run_files, verify_checkpoint, write_manifest)
 from lrc.trainer import LRCTrainer
 from tiny import VOCAB, save_teacher, tiny_teacher
-from trainer_helpers import argv, base_flags, cli, make_assets, train, train_logs, weights
+from trainer_helpers import argv, base_flags, cli, free_port, make_assets, train, train_logs, weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,32 +60,45 @@ def snapshot(out: Path) -> dict[str, tuple[int, int]]:
 
 
 class SignalAt(TrainerCallback):
-    """Send ``sig`` to this process while optimizer step ``step`` runs (on rank ``rank`` only)."""
+    """Send ``sig`` to this process while optimizer step ``step`` runs (on rank ``rank`` only): before its first
+    micro-batch, or, ``mid_window``, after its first micro-batch (the weights generated for the step are live)."""
 
-    def __init__(self, step: int, sig: int, rank: int | None = None) -> None:
-        self.step, self.sig, self.rank = step, sig, rank
+    def __init__(self, step: int, sig: int, rank: int | None = None, mid_window: bool = False) -> None:
+        self.step, self.sig, self.rank, self.mid_window = step, sig, rank, mid_window
+        self.sent = False
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 == self.step and self.rank in (None, args.process_index):
+    def _send(self, args, state) -> None:
+        if state.global_step + 1 == self.step and self.rank in (None, args.process_index) and not self.sent:
+            self.sent = True
             os.kill(os.getpid(), self.sig)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self.mid_window:
+            self._send(args, state)
 
-def signal_at(step: int, sig: int = signal.SIGTERM):
+    def on_substep_end(self, args, state, control, **kwargs):
+        if self.mid_window:
+            self._send(args, state)
+
+
+def signal_at(step: int, sig: int = signal.SIGTERM, mid_window: bool = False):
     class SignalTrainer(LRCTrainer):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            self.add_callback(SignalAt(step, sig))
+            self.add_callback(SignalAt(step, sig, mid_window=mid_window))
 
     return SignalTrainer
 
 
 # ---------------------------------------------------------------------------------------------- preemption
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_exits_75_and_resume_is_bitwise(assets, tmp_path, capsys, sig):
+@pytest.mark.parametrize("sig, mid_window", [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_signal_saves_exits_75_and_resume_is_bitwise(assets, tmp_path, capsys, sig, mid_window):
+    """A signal before an optimizer step, or in the middle of its accumulation window (GAS 2, the weights
+    generated once for the step): the step completes, is saved, exit 75; the resume is bitwise equal."""
     over = dict(max_steps=7, save_steps=5, batch_size=2, gradient_accumulation_steps=2)
     train(assets, tmp_path / "one", **over)
     out = tmp_path / "two"
-    rc = hf_trainer.run(base_flags(assets, out, **over), trainer_cls=signal_at(3, sig))
+    rc = hf_trainer.run(base_flags(assets, out, **over), trainer_cls=signal_at(3, sig, mid_window))
     one_line_error(capsys, rc, 75, f"stopped by {signal.Signals(sig).name} after step 3", str(out / "checkpoint-3"),
                    "--resume auto")
     assert verify_checkpoint(out / "checkpoint-3") is None and finished_step(out) is None  # saved, not finished
@@ -134,7 +147,7 @@ sys.exit(hf_trainer.run({flags!r}, trainer_cls=T))
 def _two_procs(tmp_path: Path, name: str, flags: dict, step: int) -> subprocess.CompletedProcess:
     script = tmp_path / f"{name}.py"
     script.write_text(TWO_PROC.format(repo=str(REPO), tests=str(REPO / "tests"), step=step, flags=flags))
-    port = str(29500 + (os.getpid() + len(name)) % 1000)
+    port = free_port()
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -429,7 +442,7 @@ def test_planted_pickle_in_a_deepspeed_checkpoint_is_never_executed(assets, tmp_
     pytest.importorskip("deepspeed")
     out, marker = tmp_path / "ds", tmp_path / "PWNED"
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(ds_yaml(tmp_path)),
-                "--main_process_port", str(29500 + (os.getpid() + 37) % 1000)]
+                "--main_process_port", free_port()]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
     def launch(**over) -> subprocess.CompletedProcess:

@@ -35,15 +35,19 @@ def test_bench_step_runs_on_a_tiny_teacher(tiny_assets, tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--teacher", tiny_assets["teacher"],
                         "--target-hidden-size", "32", "--batch", "2", "--seq", "16", "--warmup", "1", "--iters", "1",
                         "--loss-memory", "--loss-vocab", "512", "--loss-tokens", "64", "--mlp-train", "dense,core",
-                        "--json", str(out)],
+                        "--gas", "2", "--json", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     sec = res["seconds"]
-    for phase in ("a_teacher_forward", "b_student_train_step", "c_lrc_step"):
-        assert sec[phase] > 0 and res["tokens_per_s"][phase] == pytest.approx(2 * 16 / sec[phase])
+    for phase in ("a_teacher_forward", "b_student_train_step", "c_lrc_step", "c_lrc_step_per_micro_batch"):
+        assert sec[phase] > 0 and res["tokens_per_s"][phase] == pytest.approx(2 * 2 * 16 / sec[phase])  # GAS 2
     assert res["ratio_c_over_a_plus_b"] == pytest.approx(
         sec["c_lrc_step"] / (sec["a_teacher_forward"] + sec["b_student_train_step"]))
+    assert res["once_per_step_speedup"] == pytest.approx(sec["c_lrc_step_per_micro_batch"] / sec["c_lrc_step"])
+    # 2 layers x (q 64x32, k, v 32x32 each, o 32x64, gate, up 96x32, down 32x96) + embedding 101x32, k = d = 64
+    per_layer = 64 * 32 + 2 * 32 * 32 + 32 * 64 + 3 * 96 * 32
+    assert res["generation_gflop_per_step"] == pytest.approx(4 * 64 * (2 * per_layer + 101 * 32) / 1e9)
     assert res["trainable_params"] > 0 and res["student_params"] < res["teacher_params"]
     lm = res["loss_memory"]
     assert lm["vocab"] == 512 and lm["tokens"] == 64 and lm["ratio"] > 0
@@ -52,6 +56,22 @@ def test_bench_step_runs_on_a_tiny_teacher(tiny_assets, tmp_path):
         assert mt[mode]["step_time_ratio"] == pytest.approx(sec[f"c_lrc_step_{mode}"] / sec["c_lrc_step"])
         assert mt[mode]["trainable_params"] - res["trainable_params"] == 2 * 3 * 96 * 32
     assert mt["dense"]["core_bases_bytes"] == 0 and mt["core"]["core_bases_bytes"] == 2 * 3 * 96 * 64 * 4
+
+
+def test_bench_step_two_processes_shard_the_generation(tiny_assets, tmp_path):
+    """--nproc 2: the sharded and unsharded LRC step in 2 gloo processes; each rank generates about half."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--teacher", tiny_assets["teacher"],
+                        "--target-hidden-size", "32", "--batch", "1", "--seq", "16", "--warmup", "0", "--iters", "1",
+                        "--nproc", "2", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    per_rank, total = res["generation_gflop_per_rank"], res["generation_gflop_unsharded"]
+    assert sum(per_rank) == pytest.approx(total) and max(per_rank) <= 0.55 * total
+    # what each rank no longer computes, counted by torch's FLOP counter, is exactly the other rank's share
+    assert res["step_gflop_saved_per_rank"] == pytest.approx(per_rank[::-1], rel=1e-6)
+    assert res["step_time_ratio_sharded_over_unsharded"] > 0
 
 
 def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, capsys):

@@ -29,7 +29,7 @@ from lrc.checkpoint import WEIGHTS_NAME, load_lrc_checkpoint
 from lrc.run_dir import STAGING_DIR, newest_complete_checkpoint, verify_checkpoint
 from lrc.trainer import LRCTrainer, NonFiniteLossError
 from tiny import VOCAB, tiny_teacher
-from trainer_helpers import base_flags, cli, make_assets, train, train_logs, weights
+from trainer_helpers import base_flags, cli, free_port, make_assets, train, train_logs, weights
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss", "attn-out-sim-loss", "mlp-gate-loss",
@@ -146,9 +146,11 @@ def test_loss_falls(assets, tmp_path, fmt):
 
 
 def test_gradient_checkpointing_trains_the_same(assets, tmp_path):
-    """--gradient_checkpointing recomputes the student in backward: same losses and weights (fp32, CPU)."""
-    train(assets, tmp_path / "plain", max_steps=3, save_steps=10)
-    train(assets, tmp_path / "gc", max_steps=3, save_steps=10, gradient_checkpointing=True)
+    """--gradient_checkpointing recomputes the student in backward: same losses and weights (fp32, CPU), also
+    with the weights generated once per optimizer step (GAS 2)."""
+    train(assets, tmp_path / "plain", max_steps=3, save_steps=10, batch_size=2, gradient_accumulation_steps=2)
+    train(assets, tmp_path / "gc", max_steps=3, save_steps=10, gradient_checkpointing=True, batch_size=2,
+          gradient_accumulation_steps=2)
     a, b = train_logs(tmp_path / "plain"), train_logs(tmp_path / "gc")
     assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-5)
     wa, wb = weights(tmp_path / "plain"), weights(tmp_path / "gc")
@@ -156,15 +158,39 @@ def test_gradient_checkpointing_trains_the_same(assets, tmp_path):
         assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6), k
 
 
+class CountGenerations(LRCTrainer):
+    """Counts the weight generations (``LRCModel._generate_for_training`` calls) of a run."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        model, self.generations = self.lrc_model, 0
+        inner = model._generate_for_training
+
+        def counted():
+            self.generations += 1
+            return inner()
+
+        model._generate_for_training = counted
+
+
 def test_gradient_accumulation_matches_big_batch(assets, tmp_path):
-    """batch 4 x GAS 1 and batch 2 x GAS 2 take the same optimizer steps (same data, loss scaled by 1/GAS)."""
+    """batch 4 x GAS 1, batch 1 x GAS 4 generating the weights once per optimizer step (the default), and
+    batch 1 x GAS 4 generating them per micro-batch (--generation_once_per_step false) take the same
+    optimizer steps: losses and weights after 3 steps agree (same data, loss scaled by 1/GAS)."""
     train(assets, tmp_path / "a", batch_size=4, max_steps=3, save_steps=100)
-    train(assets, tmp_path / "b", batch_size=2, gradient_accumulation_steps=2, max_steps=3, save_steps=100)
-    la, lb = train_logs(tmp_path / "a"), train_logs(tmp_path / "b")
-    for a, b in zip(la, lb):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["kl"] == pytest.approx(b["kl"], rel=1e-4)
-    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    once = train(assets, tmp_path / "b", trainer_cls=CountGenerations, batch_size=1, gradient_accumulation_steps=4,
+                 max_steps=3, save_steps=100)
+    each = train(assets, tmp_path / "c", trainer_cls=CountGenerations, batch_size=1, gradient_accumulation_steps=4,
+                 max_steps=3, save_steps=100, generation_once_per_step=False)
+    assert (once.generations, each.generations) == (3, 12)
+    la, lb, lc = (train_logs(tmp_path / x) for x in "abc")
+    assert len(la) == len(lb) == len(lc) == 3
+    for a, b, c in zip(la, lb, lc):
+        for k in ("loss", "kl", "ce", "clone"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4) and c[k] == pytest.approx(b[k], rel=1e-5), k
+    wa, wb, wc = (weights(tmp_path / x) for x in "abc")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    assert all(torch.allclose(wc[k], wb[k], atol=1e-5) for k in wa)
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -379,6 +405,7 @@ rank = dist.get_rank() if dist.is_initialized() else 0
 world = dist.get_world_size() if dist.is_initialized() else 1
 sd = {{k: v.detach().float().cpu().contiguous() for k, v in trainer.lrc_model.projections.state_dict().items()}}
 save_file(sd, {out!r} + f"/rank{{rank}}of{{world}}.safetensors")
+open({out!r} + f"/generation{{rank}}.txt", "w").write(trainer.generation_summary())
 """
 
 
@@ -396,15 +423,18 @@ def _launch(tmp_path: Path, name: str, flags: dict, launcher: list[str], script_
 # ZeRO-2 runs CORE-LRC: the same path as plain LRC plus the Deltas and the frozen bases (one launch fewer in CI).
 @pytest.mark.parametrize("backend, mlp_train", [("ddp", "lrc"), ("deepspeed_zero2", "core")])
 def test_two_processes_match_one(assets, tmp_path, backend, mlp_train):
-    """2 CPU processes x batch 2 == 1 process x batch 4: identical weights on both ranks, same losses
-    (also with CORE-LRC's Deltas and frozen bases under ZeRO-2)."""
+    """2 CPU processes x batch 1 x GAS 4, generating the weights once per optimizer step and sharded over the
+    two ranks (--shard_generation on) == 1 process x batch 8 generating them per micro-batch, unsharded:
+    identical weights on both ranks, same losses (also with CORE-LRC's Deltas and frozen bases under ZeRO-2)."""
     if backend == "deepspeed_zero2":
         pytest.importorskip("deepspeed")
-    flags = base_flags(assets, tmp_path, max_steps=4, save_steps=2, batch_size=2, learning_rate=5e-3,
-                       mlp_train=mlp_train)
+    flags = base_flags(assets, tmp_path, max_steps=4, save_steps=2, batch_size=1, gradient_accumulation_steps=4,
+                       learning_rate=5e-3, mlp_train=mlp_train, shard_generation="on")
     flags.pop("output_dir")
-    single = _launch(tmp_path, "single", {**flags, "batch_size": 4}, [sys.executable])
-    port = str(29500 + os.getpid() % 1000 + (7 if backend == "ddp" else 11))
+    single = _launch(tmp_path, "single", {**flags, "batch_size": 8, "gradient_accumulation_steps": 1,
+                                          "generation_once_per_step": False}, [sys.executable])
+    assert "once per micro-batch; not sharded (one process)" in (single / "generation0.txt").read_text()
+    port = free_port()
     if backend == "ddp":
         launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
@@ -416,6 +446,9 @@ def test_two_processes_match_one(assets, tmp_path, backend, mlp_train):
     r0, r1 = load_file(str(multi / "rank0of2.safetensors")), load_file(str(multi / "rank1of2.safetensors"))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # replicas stayed identical
     assert any(k.endswith("_delta") for k in r0) == (mlp_train != "lrc")
+    for rank in (0, 1):
+        said = (multi / f"generation{rank}.txt").read_text()
+        assert "once per optimizer step (4 micro-batches each); sharded over the 2 processes of this node" in said
     one = load_file(str(single / "rank0of1.safetensors"))
     assert all(torch.allclose(one[k], r0[k], atol=2e-5, rtol=1e-4) for k in one)
     saved = weights(multi)  # written once, by the main process, and equal to the replicas

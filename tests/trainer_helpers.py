@@ -36,6 +36,15 @@ def make_assets(d: Path) -> dict[str, str]:
     return {"teacher": teacher, "packed": str(packed), "text": str(text), "heldout": str(held)}
 
 
+def free_port() -> str:
+    """A TCP port nobody listens on now (for a launcher's rendezvous; tests may run in parallel)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def base_flags(assets, out, **over) -> dict:
     flags = dict(raw_model_name=assets["teacher"], dataset_name=assets["packed"], output_dir=str(out),
                  target_hidden_size=32, data_max_len=32, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0,
