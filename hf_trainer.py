@@ -91,6 +91,12 @@ FLAGS: dict[str, Flag] = {
     "use_aux_loss": Flag(True, "bool", "add the clone terms (still logged when off)"),
     "target_rms_norm_eps": Flag(1e-5, "float", "student RMSNorm epsilon"),
     "logits_chunk_tokens": Flag(1024, "int", "tokens per chunk of the fused head/KL/CE (memory only)"),
+    "proj_init": Flag("random", "str", "where the projections start: random (N(0, 0.02^2), the paper) | activation "
+                      "(the width-pruned teacher: the d_s residual channels of highest activation importance on "
+                      "--calib_data; RED, arXiv 2605.29327); docs/TRAINING.md, Where the student starts"),
+    "calib_data": Flag(None, "str", "--proj_init activation: calibration text or token data (same formats as "
+                       "--dataset_name; default: the training data)"),
+    "calib_tokens": Flag(4096, "int", "--proj_init activation: calibration tokens (whole sequences, from the start)"),
     "mlp_train": Flag("lrc", "str", "what of each student MLP matrix trains: lrc (the projections, the paper) | dense "
                       "(+ a full zero-initialised Delta, Dense-LRC) | core (+ a Delta in the directions plain LRC cannot "
                       "reach, CORE-LRC); docs/TRAINING.md, Train what you deploy"),
@@ -343,6 +349,16 @@ def _validate(cfg: dict[str, Any]) -> None:
             from lrc.checkpoint import CheckpointError
 
             raise CheckpointError(f"--init_from {cfg['init_from']!r}: no such file or directory")
+    if cfg["proj_init"] == "activation":
+        for k in ("init_from", "load_model_weight_path"):
+            if cfg[k]:
+                raise FlagError(f"--proj_init activation and --{k} both choose the starting weights; give one")
+    elif cfg["calib_data"]:
+        warn("--calib_data is used by --proj_init activation only; it is ignored")
+    if cfg["calib_tokens"] is None or cfg["calib_tokens"] < 1:
+        raise FlagError(f"--calib_tokens must be a positive integer, got {cfg['calib_tokens']!r}")
+    if cfg["calib_data"] and "," not in cfg["calib_data"] and not Path(cfg["calib_data"]).exists():
+        raise FlagError(f"--calib_data {cfg['calib_data']!r}: no such file or directory")
     if cfg["load_model_weight_path"] and cfg["mlp_train"] != "lrc":
         raise FlagError(f"--load_model_weight_path loads every tensor strictly; with --mlp_train {cfg['mlp_train']} "
                         f"use --init_from, which starts the new Delta tensors at 0")
@@ -360,7 +376,7 @@ MODEL_CLASSES = ("distill", "origin", "only_kd", "tiny_bert")
 # tie_word_emb_proj and target_rms_norm_eps; its KL from kl_temperature / kl_reduction).
 _LRC_ONLY_FLAGS = ("use_all_attn", "use_in_out_mlp", "ban_layers", "str_ban_losses", "aux_loss_type",
                    "aux_loss_scale_factor", "attn_out_space", "use_aux_loss", "mlp_train", "generation_once_per_step",
-                   "shard_generation")
+                   "shard_generation", "proj_init", "calib_data", "calib_tokens")
 
 
 def _validate_model_cls(cfg: dict[str, Any]) -> None:
@@ -399,7 +415,7 @@ def lrc_config_from_flags(cfg: dict[str, Any]):
         attn_out_space=cfg["attn_out_space"], use_ntp_loss=cfg["use_ntp_loss"],
         use_logits_loss=cfg["use_logits_loss"], use_aux_loss=cfg["use_aux_loss"],
         target_rms_norm_eps=cfg["target_rms_norm_eps"], logits_chunk_tokens=cfg["logits_chunk_tokens"],
-        mlp_train=cfg["mlp_train"],
+        mlp_train=cfg["mlp_train"], proj_init=cfg["proj_init"],
     )
 
 
@@ -621,6 +637,19 @@ def train(cfg: dict[str, Any], trainer_cls=None):
             model.projections.float()  # fp32 master weights whatever the teacher's dtype
             if cfg["gradient_checkpointing"]:
                 model.enable_gradient_checkpointing()
+        if not baseline and lrc.proj_init == "activation" and plan.checkpoint is None:
+            from lrc.activation_init import initialise_from_activations
+
+            calib_ds = train_ds
+            if cfg["calib_data"]:
+                calib_ds = build_dataset(cfg["calib_data"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
+                                         cfg["text_field"], no_tokenizer)
+            t0 = time.time()
+            init = initialise_from_activations(model, calib_ds, cfg["calib_tokens"])
+            plan.record["proj_init"] = {**init, "calib_data": cfg["calib_data"] or cfg["dataset_name"]}
+            say(f"activation-aware init: the student starts as the teacher pruned to its {len(init['channels'])} "
+                f"most active residual channels ({init['calib_tokens']:,} calibration tokens, "
+                f"{time.time() - t0:.0f}s); channels recorded in run_config.json")
         if cfg["load_model_weight_path"]:
             ck = load_lrc_checkpoint(cfg["load_model_weight_path"])
             weights = official_to_ours(ck.weights, lrc, model.kept_layers) if ck.official else ck.weights

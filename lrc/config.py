@@ -21,6 +21,7 @@ AUX_LOSS_TYPES = ("mseloss", "mseloss_v2", "l1loss", "l1loss_v2", "nmse")
 KL_REDUCTIONS = ("sequence_sum", "token_mean")
 ATTN_OUT_SPACES = ("teacher", "student")
 MLP_TRAIN_MODES = ("lrc", "dense", "core")
+PROJ_INITS = ("random", "activation")
 
 # Clone-term names exactly as the official code logs and bans them (LRC_SPEC §3.1).
 ATTN_Q, ATTN_K, ATTN_V = "attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss"
@@ -107,6 +108,12 @@ class LRCConfig:
     restricted to the orthogonal complement of the teacher's column / row space (CORE-LRC). Both extensions
     come from "Train What You Deploy" (arXiv 2609.02006), not from the official code."""
 
+    proj_init: Literal["random", "activation"] = "random"
+    """Where the projections start. random: N(0, init_std^2), gains 1 (the paper and the official code).
+    activation: the width-pruned teacher, every projection selecting the d_s residual channels of highest
+    activation importance on calibration tokens, the gains the teacher's at those channels
+    (lrc.activation_init; RED, arXiv 2605.29327). Applied at step 0 only."""
+
     def __post_init__(self) -> None:
         # Accept lists / comma strings (CLI, JSON) for the tuple fields.
         self.del_layers = _int_tuple(self.del_layers, "del_layers")
@@ -146,6 +153,8 @@ class LRCConfig:
             raise LRCConfigError(f"target_rms_norm_eps must be > 0, got {self.target_rms_norm_eps!r}")
         if not self.init_std > 0:
             raise LRCConfigError(f"init_std must be > 0, got {self.init_std!r}")
+        if self.proj_init not in PROJ_INITS:
+            raise LRCConfigError(f"proj_init must be one of {PROJ_INITS}, got {self.proj_init!r}")
         if self.mlp_train not in MLP_TRAIN_MODES:
             raise LRCConfigError(f"mlp_train must be one of {MLP_TRAIN_MODES}, got {self.mlp_train!r}")
         if self.logits_chunk_tokens <= 0:

@@ -22,14 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 import hf_trainer
 from lrc.checkpoint import WEIGHTS_NAME, load_lrc_checkpoint
 from lrc.run_dir import STAGING_DIR, newest_complete_checkpoint, verify_checkpoint
 from lrc.trainer import LRCTrainer, NonFiniteLossError
 from tiny import VOCAB, tiny_teacher
-from trainer_helpers import base_flags, cli, free_port, make_assets, train, train_logs, weights
+from trainer_helpers import base_flags, cli, free_port, make_assets, stop_at, train, train_logs, weights
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss", "attn-out-sim-loss", "mlp-gate-loss",
@@ -96,6 +95,7 @@ def test_official_readme_command_trains(assets, tmp_path, capsys):
     (["--target_hidden_size", "64"], "must be smaller than the teacher's hidden_size=64"),
     (["--del_layers", "5"], "out of range"),
     (["--warmup_ratio", "1.5"], "--warmup_ratio"),
+    (["--shard_generation", "always"], "--shard_generation must be auto, on or off, got 'always'"),
 ])
 def test_cli_rejects_bad_flags(assets, tmp_path, capsys, argv, needle):
     base = ["--raw_model_name", assets["teacher"], "--dataset_name", assets["packed"], "--output_dir",
@@ -194,24 +194,6 @@ def test_gradient_accumulation_matches_big_batch(assets, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- resume
-class StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
-def stop_at(step: int):
-    class StopTrainer(LRCTrainer):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.add_callback(StopAt(step))
-
-    return StopTrainer
-
-
 def test_resume_is_bitwise_exact(assets, tmp_path):
     """7 steps in one run == 3 steps, stop, resume (auto) to 7: identical trainable weights (torch.equal)."""
     over = dict(max_steps=7, save_steps=3, log_steps=1, batch_size=2, gradient_accumulation_steps=2)

@@ -9,9 +9,11 @@ from pathlib import Path
 import fire
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 import hf_trainer
 from lrc.run_dir import WEIGHTS_NAME
+from lrc.trainer import LRCTrainer
 from tiny import VOCAB, save_teacher, tiny_teacher
 
 
@@ -34,6 +36,26 @@ def make_assets(d: Path) -> dict[str, str]:
     held = d / "heldout.txt"
     held.write_text("\n\n".join(paras[:20]) + "\n")
     return {"teacher": teacher, "packed": str(packed), "text": str(text), "heldout": str(held)}
+
+
+class StopAt(TrainerCallback):
+    """Stop training at the end of optimizer step ``step`` (without a checkpoint unless one is due)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def stop_at(step: int):
+    class StopTrainer(LRCTrainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.add_callback(StopAt(step))
+
+    return StopTrainer
 
 
 def free_port() -> str:

@@ -1,0 +1,132 @@
+"""Activation-aware initialisation (``proj_init="activation"``): the student starts as the width-pruned teacher.
+
+RED (arXiv 2605.29327) initialises LRC-style projections as channel selections chosen from activation
+statistics; Minitron (NVIDIA) prunes a model's width by the same kind of importance. Here:
+
+1. **Importance** (``channel_importance``): the teacher runs on a few thousand calibration tokens; every
+   RMSNorm of the residual stream (each kept layer's input and post-attention norms, and the final norm)
+   reports its output, and channel i scores the mean over tokens of its squared value, summed over those
+   norms. The normed stream is what every downstream matrix reads (gains included), so this scores
+   what the network uses rather than raw residual magnitudes; squaring, Minitron's choice among its
+   mean / L2 aggregations, keeps the few large-magnitude channels that carry much of the signal.
+   Padding is excluded; sums run in fp64.
+2. **One global selection** (``select_channels``): the top d_s channels, in increasing channel order, ties
+   broken by the lower index. It must be global because every layer reads and writes the same residual
+   stream.
+3. **Projections** (``apply_channel_selection``): every projection becomes that selection (S, d x d_s,
+   S[c_j, j] = 1, stored in each tensor's own layout), the student's RMSNorm gains become the teacher's at
+   the selected channels, Deltas stay zero. The generated student is then exactly the teacher with the
+   other d - d_s residual channels removed (its RMSNorms normalise over the kept channels): for q, k, v,
+   gate and up ``W_T S`` keeps the selected input columns, for o and down ``S^T W_T`` (and ``S^T b``) the
+   selected output rows, for the embedding and head the selected columns. Tested against a hand-pruned
+   teacher.
+
+Deterministic: the same teacher and calibration tokens give the same channels (recorded in the run's
+``run_config.json``, hence in every checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .projections import GAINS, IN_SIDE_D_BY_DS, LRCProjections
+
+
+@torch.no_grad()
+def channel_importance(teacher, batches: Iterable[tuple[Tensor, Tensor | None]], kept_layers: list[int],
+                       max_tokens: int) -> tuple[Tensor, int]:
+    """(importance (d,) float64, tokens used): mean squared output of the residual stream's RMSNorms, summed
+    over the norms of the kept layers and the final norm.
+
+    ``batches``: ``(input_ids (B, S), attention_mask (B, S) or None)``; stops at the first whole sequence that
+    brings the count of real tokens to ``max_tokens``."""
+    d = teacher.config.hidden_size
+    total = torch.zeros(d, dtype=torch.float64)
+    state = {"mask": None}
+    norms = [teacher.model.norm]
+    for L in kept_layers:
+        layer = teacher.model.layers[L]
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+
+    def hook(mod, args, out):
+        x = out.detach().double()
+        m = state["mask"]
+        if m is not None:
+            x = x * m[..., None]
+        total.add_(x.square().sum(dim=(0, 1)).cpu())
+
+    handles = [n.register_forward_hook(hook) for n in norms]
+    seen = 0
+    try:
+        for ids, mask in batches:
+            if seen >= max_tokens:
+                break
+            counts = mask.sum(1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
+            rows = min(int((counts.cumsum(0) < max_tokens - seen).sum()) + 1, ids.shape[0])  # whole sequences
+            ids, mask = ids[:rows], None if mask is None else mask[:rows]
+            device = teacher.get_input_embeddings().weight.device
+            ids = ids.to(device)
+            mask = None if mask is None else mask.to(device)
+            state["mask"] = None if mask is None else mask.double()
+            teacher.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            seen += int(ids.numel() if mask is None else mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    if seen == 0:
+        raise ValueError("activation-aware initialisation: the calibration data holds no tokens")
+    return total / seen, seen
+
+
+def select_channels(importance: Tensor, d_s: int) -> list[int]:
+    """The ``d_s`` most important channels, ascending; ties go to the lower index (stable sort)."""
+    order = torch.sort(-importance, stable=True).indices[:d_s]
+    return sorted(int(i) for i in order)
+
+
+@torch.no_grad()
+def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher) -> None:
+    """Set every projection to the channel selection and every gain to the teacher's gain at those channels."""
+    d, d_s = proj.d, proj.d_s
+    if len(channels) != d_s or len(set(channels)) != d_s or not all(0 <= c < d for c in channels):
+        raise ValueError(f"need {d_s} distinct channels in [0, {d}), got {len(channels)}")
+    idx = torch.tensor(channels)
+    for name, p in proj.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in GAINS or name == "final_norm":
+            continue
+        if p.dim() != 2 or leaf.endswith("_delta"):
+            continue
+        sel = torch.zeros(d, d_s, dtype=p.dtype, device=p.device)
+        sel[idx, torch.arange(d_s)] = 1.0
+        p.copy_(sel if leaf in IN_SIDE_D_BY_DS else sel.t())
+
+    def gain(norm) -> Tensor:
+        return norm.weight.detach()[idx.to(norm.weight.device)]
+
+    proj.final_norm.copy_(gain(teacher.model.norm))
+    for L, layer in proj.layers.items():
+        t = teacher.model.layers[int(L)]
+        layer.input_norm.copy_(gain(t.input_layernorm))
+        layer.post_attention_norm.copy_(gain(t.post_attention_layernorm))
+
+
+def dataset_batches(dataset, batch_size: int = 8) -> Iterable[tuple[Tensor, Tensor | None]]:
+    """``(input_ids, attention_mask or None)`` batches of a training dataset, in order (``lrc.data`` items)."""
+    from .data import collate_batch
+
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_batch([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        yield batch["input_ids"], batch.get("attention_mask")
+
+
+def initialise_from_activations(model, dataset, calib_tokens: int) -> dict:
+    """Calibrate on ``dataset`` (its first ``calib_tokens`` real tokens, whole sequences) and set ``model``'s
+    projections to the width-pruned teacher. Returns what to record: the channels and the tokens used."""
+    importance, seen = channel_importance(model.teacher, dataset_batches(dataset), model.kept_layers, calib_tokens)
+    channels = select_channels(importance, model.lrc_config.target_hidden_size)
+    apply_channel_selection(model.projections, channels, model.teacher)
+    return {"channels": channels, "calib_tokens": seen}
