@@ -63,8 +63,9 @@ FLAGS: dict[str, Flag] = {
                        "../ckpts, then a run dir {tags}/{MMDDHH}/ below it"),
     "target_hidden_size": Flag(REQUIRED, "int", "student hidden size d_s (< teacher hidden size)", "1024"),
     "model_cls": Flag("distill", "str", "distill (LRC) | origin (random-init student, CE only) | only_kd (+ KL) | "
-                      "tiny_bert (+ KL + hidden-state and attention-map MSE); the baselines train the LRC "
-                      "student's architecture and save a standard HF checkpoint"),
+                      "prune_kd (CE + KL from the width-pruned teacher, Minitron-style; --calib_data, "
+                      "--calib_tokens) | tiny_bert (+ KL + hidden-state and attention-map MSE); the baselines "
+                      "train the LRC student's architecture and save a standard HF checkpoint"),
     "tiny_bert_attn_loss": Flag(True, "bool", "tiny_bert: add the attention-map MSE (official; forces eager "
                                 "attention)"),
     "data_max_len": Flag(1024, "int", "sequence length S (packed lines are cut to it, shorter ones padded + masked)"),
@@ -353,8 +354,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         for k in ("init_from", "load_model_weight_path"):
             if cfg[k]:
                 raise FlagError(f"--proj_init activation and --{k} both choose the starting weights; give one")
-    elif cfg["calib_data"]:
-        warn("--calib_data is used by --proj_init activation only; it is ignored")
+    elif cfg["calib_data"] and cfg["model_cls"] != "prune_kd":
+        warn("--calib_data is used by --proj_init activation and --model_cls prune_kd only; it is ignored")
     if cfg["calib_tokens"] is None or cfg["calib_tokens"] < 1:
         raise FlagError(f"--calib_tokens must be a positive integer, got {cfg['calib_tokens']!r}")
     if cfg["calib_data"] and "," not in cfg["calib_data"] and not Path(cfg["calib_data"]).exists():
@@ -371,7 +372,7 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise DataError(f"--{k} {cfg[k]!r}: no such file")
 
 
-MODEL_CLASSES = ("distill", "origin", "only_kd", "tiny_bert")
+MODEL_CLASSES = ("distill", "origin", "only_kd", "prune_kd", "tiny_bert")
 # LRC flags that do not change a baseline (its architecture comes from target_hidden_size, del_layers,
 # tie_word_emb_proj and target_rms_norm_eps; its KL from kl_temperature / kl_reduction).
 _LRC_ONLY_FLAGS = ("use_all_attn", "use_in_out_mlp", "ban_layers", "str_ban_losses", "aux_loss_type",
@@ -391,7 +392,8 @@ def _validate_model_cls(cfg: dict[str, Any]) -> None:
         if cfg[k]:
             raise FlagError(f"--{k} loads LRC projections; it cannot start --model_cls {mc} "
                             f"(use --resume to continue a baseline run)")
-    ignored = [k for k in _LRC_ONLY_FLAGS if k in cfg["_given"]]
+    ignored = [k for k in _LRC_ONLY_FLAGS if k in cfg["_given"]
+               and not (mc == "prune_kd" and k in ("calib_data", "calib_tokens"))]
     if ignored:
         warn(f"--model_cls {mc}: {', '.join('--' + k for k in ignored)} only affect LRC (distill) and are ignored")
     if mc == "origin" and any(k in cfg["_given"] for k in ("kl_temperature", "kl_reduction", "use_logits_loss")):
@@ -637,15 +639,17 @@ def train(cfg: dict[str, Any], trainer_cls=None):
             model.projections.float()  # fp32 master weights whatever the teacher's dtype
             if cfg["gradient_checkpointing"]:
                 model.enable_gradient_checkpointing()
-        if not baseline and lrc.proj_init == "activation" and plan.checkpoint is None:
-            from lrc.activation_init import initialise_from_activations
+        prune_kd = cfg["model_cls"] == "prune_kd"
+        if (prune_kd or not baseline and lrc.proj_init == "activation") and plan.checkpoint is None:
+            from lrc.activation_init import initialise_from_activations, prune_student_from_activations
 
             calib_ds = train_ds
             if cfg["calib_data"]:
                 calib_ds = build_dataset(cfg["calib_data"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
                                          cfg["text_field"], no_tokenizer)
             t0 = time.time()
-            init = initialise_from_activations(model, calib_ds, cfg["calib_tokens"])
+            init = (prune_student_from_activations if prune_kd else initialise_from_activations)(
+                model, calib_ds, cfg["calib_tokens"])
             plan.record["proj_init"] = {**init, "calib_data": cfg["calib_data"] or cfg["dataset_name"]}
             say(f"activation-aware init: the student starts as the teacher pruned to its {len(init['channels'])} "
                 f"most active residual channels ({init['calib_tokens']:,} calibration tokens, "

@@ -130,3 +130,34 @@ def initialise_from_activations(model, dataset, calib_tokens: int) -> dict:
     channels = select_channels(importance, model.lrc_config.target_hidden_size)
     apply_channel_selection(model.projections, channels, model.teacher)
     return {"channels": channels, "calib_tokens": seen}
+
+
+@torch.no_grad()
+def pruned_teacher_weights(teacher, lrc, channels: list[int], student_param_names: list[str]) -> dict[str, Tensor]:
+    """The width-pruned teacher's weights under the student's HF names (fp32): LRC's generation with the
+    channel-selection projections, so they are exactly the student ``proj_init="activation"`` starts from."""
+    from .families import is_tied
+    from .generate import generate_student_weights
+
+    tcfg = teacher.config
+    kept = lrc.kept_layers(tcfg.num_hidden_layers)
+    with torch.device("cpu"):
+        proj = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, kept, lrc)
+    proj = proj.to(teacher.get_input_embeddings().weight.device)
+    apply_channel_selection(proj, channels, teacher)
+    teacher_params = {n: p.detach() for n, p in teacher.named_parameters()}
+    return generate_student_weights(teacher_params, proj, lrc, kept, student_param_names, is_tied(tcfg),
+                                    dtype=torch.float32)
+
+
+def prune_student_from_activations(model, dataset, calib_tokens: int) -> dict:
+    """``--model_cls prune_kd``: calibrate like ``initialise_from_activations`` and load the width-pruned teacher
+    into ``model.student`` (a ``BaselineModel``'s standard HF student). Returns what to record."""
+    importance, seen = channel_importance(model.teacher, dataset_batches(dataset), model.kept_layers, calib_tokens)
+    channels = select_channels(importance, model.lrc_config.target_hidden_size)
+    names = [n for n, _ in model.student.named_parameters()]
+    weights = pruned_teacher_weights(model.teacher, model.lrc_config, channels, names)
+    with torch.no_grad():
+        for n, p in model.student.named_parameters():
+            p.copy_(weights[n])
+    return {"channels": channels, "calib_tokens": seen}

@@ -1,12 +1,15 @@
 """The baselines LRC is compared with, trained by the same trainer (``hf_trainer.py --model_cls``).
 
-Every baseline trains a *randomly initialised* student with exactly the LRC student's architecture
+Every baseline trains a student (randomly initialised, except ``prune_kd``'s) with exactly the LRC student's architecture
 (``lrc.families.student_config``: the config the converter writes for the same flags), so parameter
 counts match LRC's converted student:
 
 - ``origin``: ordinary training, next-token CE only.
 - ``only_kd``: CE + KL(teacher || student) at temperature tau, reduced like LRC's KL
   (``kl_reduction``), unit weights (LRC_SPEC Part B §7.2).
+- ``prune_kd``: the Minitron-style baseline: the student starts as the width-pruned teacher (the same
+  activation-importance channel selection as LRC's ``proj_init="activation"``, lrc.activation_init,
+  loaded by ``hf_trainer``) and trains densely with ``only_kd``'s CE + KL. No projections.
 - ``tiny_bert``: ``only_kd`` + sum_i MSE(h_S^(i) M_i^T, h_T^(i)) over the embedding output and the
   input of every layer (learned maps M_i: d_s -> d, N(0, 0.02^2) init), + sum_i MSE(A_S^(i), A_T^(i))
   of the post-softmax attention maps with entries <= 0.01 set to 0 (``attn_loss``; it needs eager
@@ -37,7 +40,7 @@ from .losses import clone_distance, fused_logit_losses
 from .model import LRCOutput
 from .positions import loss_positions
 
-BASELINES = ("origin", "only_kd", "tiny_bert")
+BASELINES = ("origin", "only_kd", "prune_kd", "tiny_bert")
 BASELINE_CONFIG_NAME = "baseline_config.json"
 """Written beside a baseline's ``model.safetensors``: the method and its settings."""
 MAPS_NAME = "tiny_bert_maps.safetensors"
@@ -50,8 +53,9 @@ ATTN_TERM = "attn-mse"
 class BaselineConfig:
     """A baseline run: the method, and the LRC config that fixes the student architecture and the KL."""
 
-    method: Literal["origin", "only_kd", "tiny_bert"]
-    """origin (CE only) | only_kd (CE + KL) | tiny_bert (CE + KL + hidden-state and attention-map MSE)."""
+    method: Literal["origin", "only_kd", "prune_kd", "tiny_bert"]
+    """origin (CE only) | only_kd (CE + KL) | prune_kd (CE + KL from the width-pruned teacher) | tiny_bert
+    (CE + KL + hidden-state and attention-map MSE)."""
     lrc: LRCConfig
     """Student architecture (``target_hidden_size``, ``del_layers``, ``tie_word_emb_proj``,
     ``target_rms_norm_eps``) and the KL settings (``kl_temperature``, ``kl_reduction``,

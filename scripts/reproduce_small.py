@@ -15,6 +15,7 @@ lrc                 LRC, official attention-output clone space (the default reci
 lrc_student_space   LRC with the paper's student-space attention output (``--attn_out_space student``)
 lrc_no_clone        LRC without clone terms (CE + KL; the terms are still logged)
 only_kd             random-init student, CE + KL at the same temperature
+prune_kd            the width-pruned teacher (activation importance, Minitron-style), then CE + KL
 tiny_bert           random-init student, CE + KL + hidden-state and attention-map MSE
 origin              random-init student, CE only (ordinary training)
 ==================  ===========================================================================
@@ -60,10 +61,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "lrc_student_space": {"model_cls": "distill", "attn_out_space": "student"},
     "lrc_no_clone": {"model_cls": "distill", "use_aux_loss": False},
     "only_kd": {"model_cls": "only_kd"},
+    "prune_kd": {"model_cls": "prune_kd"},
     "tiny_bert": {"model_cls": "tiny_bert"},
     "origin": {"model_cls": "origin"},
 }
-BASELINES = ("only_kd", "tiny_bert", "origin")
+BASELINES = ("only_kd", "prune_kd", "tiny_bert", "origin")
 
 
 def method_flags(spec: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from lrc.run_dir import newest_complete_checkpoint
 from lrc.trainer import BaselineTrainer
 from tiny import VOCAB, save_teacher, tiny_teacher
 
-METHODS = ("origin", "only_kd", "tiny_bert")
+METHODS = ("origin", "only_kd", "prune_kd", "tiny_bert")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,21 @@ def test_baseline_learns_and_keeps_the_teacher_out(assets, tmp_path, mc):
     ids = torch.tensor([[10, 11, 12, 13, 14, 10, 11]])
     with torch.no_grad():
         torch.testing.assert_close(student(ids).logits, model.student(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_prune_kd_starts_as_lrc_activation_init(assets, tmp_path):
+    """prune_kd's step-0 student is the width-pruned teacher LRC's --proj_init activation starts from: the same
+    channels (same calibration) and the same logits; the checkpoint holds the student only."""
+    a = train(assets, tmp_path / "p", "prune_kd", max_steps=1, learning_rate=1e-12, calib_tokens=64)
+    b = hf_trainer.train(hf_trainer.parse_flags(flags(assets, tmp_path / "l", "distill", max_steps=1,
+                                                      learning_rate=1e-12, calib_tokens=64, proj_init="activation")))
+    rec = [json.loads((tmp_path / x / "run_config.json").read_text())["proj_init"] for x in ("p", "l")]
+    assert rec[0]["channels"] == rec[1]["channels"] and rec[0]["calib_tokens"] == 64
+    ids = torch.tensor([[10, 11, 12, 13, 14, 10, 11]])
+    with torch.no_grad():  # lr 1e-12: one step moves nothing visible
+        torch.testing.assert_close(a.lrc_model.student(ids).logits, b.lrc_model.student_logits(ids), rtol=0,
+                                   atol=1e-4)
+    assert not (tmp_path / "p" / "lrc_weights.safetensors").exists()
 
 
 def test_baseline_architecture_is_the_lrc_students(assets):
