@@ -132,6 +132,9 @@ FLAGS: dict[str, Flag] = {
     "num_workers": Flag(0, "int", "DataLoader workers", "8"),
     # --- checkpoints and logging
     "log_steps": Flag(100, "int", "log every N optimizer steps (loss, ce, kl, clone, each term, L{i}-{term})"),
+    "diagnostics_steps": Flag(100, "int", "LRC: at the logging steps that are multiples of N, also log the effective "
+                              "rank of student and teacher hidden states (2 sequences) and the projections' "
+                              "condition numbers (0: never); docs/TRAINING.md, Logging"),
     "save_steps": Flag(20000, "int", "checkpoint every N steps"),
     "save_total_limit": Flag(10, "int", "keep the N newest checkpoint-N directories (0: all)"),
     "resume": Flag(None, "str", "resume from a checkpoint-N directory, or auto = the newest complete one in "
@@ -191,6 +194,7 @@ DEMO: dict[str, Any] = {
     "learning_rate": 3e-4,  # measured: 1e-3 and 3e-3 spike (the clone terms of SmolLM2 are large)
     "warmup_ratio": 0.05,
     "log_steps": 5,
+    "diagnostics_steps": 20,
     "save_steps": 40,
     "eval_steps": 40,
     "eval_max_sequences": 16,
@@ -356,6 +360,8 @@ def _validate(cfg: dict[str, Any]) -> None:
                 raise FlagError(f"--proj_init activation and --{k} both choose the starting weights; give one")
     elif cfg["calib_data"] and cfg["model_cls"] != "prune_kd":
         warn("--calib_data is used by --proj_init activation and --model_cls prune_kd only; it is ignored")
+    if cfg["diagnostics_steps"] is None or cfg["diagnostics_steps"] < 0:
+        raise FlagError(f"--diagnostics_steps must be 0 (never) or a positive integer, got {cfg['diagnostics_steps']!r}")
     if cfg["calib_tokens"] is None or cfg["calib_tokens"] < 1:
         raise FlagError(f"--calib_tokens must be a positive integer, got {cfg['calib_tokens']!r}")
     if cfg["calib_data"] and "," not in cfg["calib_data"] and not Path(cfg["calib_data"]).exists():
@@ -377,7 +383,7 @@ MODEL_CLASSES = ("distill", "origin", "only_kd", "prune_kd", "tiny_bert")
 # tie_word_emb_proj and target_rms_norm_eps; its KL from kl_temperature / kl_reduction).
 _LRC_ONLY_FLAGS = ("use_all_attn", "use_in_out_mlp", "ban_layers", "str_ban_losses", "aux_loss_type",
                    "aux_loss_scale_factor", "attn_out_space", "use_aux_loss", "mlp_train", "generation_once_per_step",
-                   "shard_generation", "proj_init", "calib_data", "calib_tokens")
+                   "shard_generation", "proj_init", "calib_data", "calib_tokens", "diagnostics_steps")
 
 
 def _validate_model_cls(cfg: dict[str, Any]) -> None:
@@ -678,7 +684,7 @@ def train(cfg: dict[str, Any], trainer_cls=None):
         trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds,
                               run_record=plan.record, resume_plan=plan, callbacks=[stopper],
                               generation_once_per_step=cfg["generation_once_per_step"],
-                              shard_generation=cfg["shard_generation"])
+                              shard_generation=cfg["shard_generation"], diagnostics_steps=cfg["diagnostics_steps"])
         if not baseline:
             say(trainer.generation_summary())
         if baseline:

@@ -8,7 +8,8 @@
    ``L{layer}-{term}``) to one on-device vector (``LossMeter``). At each logging step the window
    means are reduced over processes and copied to the host once, and join HF's own ``loss`` /
    ``grad_norm`` / ``learning_rate`` in ``log_history`` (hence ``trainer_state.json``), wandb and
-   tensorboard. Term values are unweighted; ``clone`` is alpha x their sum (what the loss adds).
+   tensorboard. Every ``diagnostics_steps`` steps ``lrc.diagnostics`` adds the hidden states' effective
+   ranks and the projections' condition numbers. Term values are unweighted; ``clone`` is alpha x their sum (what the loss adds).
    The console line leaves out the per-layer keys. Evaluation (``--eval_dataset``) scores the
    student alone: ``eval_loss`` = ``eval_ce`` = its next-token CE, plus ``eval_ppl``.
 3. **Checkpoints hold only what trains.** ``save_model`` / ``_save`` write the projections and
@@ -156,11 +157,12 @@ class LRCTrainer(Trainer):
     def __init__(self, model: LRCModel, args: TrainingArguments, teacher_ref: TeacherRef,
                  train_dataset=None, eval_dataset=None, callbacks=None, run_record: dict[str, Any] | None = None,
                  resume_plan: ResumePlan | None = None, generation_once_per_step: bool = True,
-                 shard_generation: str = "auto"):
+                 shard_generation: str = "auto", diagnostics_steps: int = 0):
         """``run_record``: written into every checkpoint (``lrc.resume.run_record``); ``resume_plan``: the
         checkpoint's record and the changes allowed on resume (``lrc.resume.plan_resume``);
         ``generation_once_per_step`` / ``shard_generation`` (auto | on | off): when and where an LRC student's
-        weights are generated (module docstring, item 6)."""
+        weights are generated (module docstring, item 6); ``diagnostics_steps``: log ``lrc.diagnostics`` every N
+        optimizer steps (0: never)."""
         if not isinstance(model, self.model_class):
             raise TypeError(f"{type(self).__name__} trains a {self.model_class.__name__}, got {type(model).__name__}")
         super().__init__(model=model, args=args, data_collator=collate_batch, train_dataset=train_dataset,
@@ -176,6 +178,8 @@ class LRCTrainer(Trainer):
                 self.add_callback(new)
         is_lrc = isinstance(model, LRCModel)
         self.generation_once_per_step = generation_once_per_step and is_lrc
+        self.diagnostics_steps = diagnostics_steps if is_lrc else 0
+        self._diagnostic_inputs: dict[str, Tensor] | None = None  # the first micro-batch's first 2 sequences
         self.shard_note = ""
         if is_lrc:
             self.shard_note = setup_sharded_generation(model, shard_generation, self.args.world_size)
@@ -216,6 +220,9 @@ class LRCTrainer(Trainer):
 
     def compute_loss(self, model, inputs: dict[str, Tensor], return_outputs: bool = False,
                      num_items_in_batch=None):
+        if model.training and self.diagnostics_steps and self._diagnostic_inputs is None:
+            self._diagnostic_inputs = {k: inputs[k][:2].detach().clone() for k in ("input_ids", "attention_mask")
+                                       if inputs.get(k) is not None}
         if model.training and self.generation_once_per_step:  # last micro-batch of the optimizer step or not
             inputs = {**inputs, "window_end": self.accelerator.sync_gradients}
         out: LRCOutput = model(**inputs)
@@ -264,6 +271,12 @@ class LRCTrainer(Trainer):
                 if k != "loss":  # HF's own "loss" (per optimizer step) stays as it is
                     logs[k] = v
             m.reset_window()
+            step = self.state.global_step
+            if self.diagnostics_steps and self._diagnostic_inputs is not None and step % self.diagnostics_steps == 0:
+                from .diagnostics import hidden_state_ranks, projection_condition_summary
+
+                logs.update(hidden_state_ranks(self.lrc_model, **self._diagnostic_inputs))
+                logs.update(projection_condition_summary(self.lrc_model))
             try:
                 self._raise_if_nonfinite()
             except NonFiniteLossError as e:
