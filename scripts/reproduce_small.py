@@ -131,6 +131,10 @@ class ReproConfig:
     seed: int = 42
     eval_sequences: int = 32
     """Held-out sequences of seq_len tokens (drawn at random, seeded, from the whole held-out file)."""
+    ood_heldout: str = ""
+    """A second held-out text from another domain (any .txt / .txt.xz / jsonl): perplexity, KL and top-1 are
+    also reported on it, beside the teacher's (empty: none). It shows whether the student inherited the
+    teacher's knowledge or only learned the training text."""
     bf16: str = "auto"
 
     def steps(self) -> list[int]:
@@ -147,6 +151,7 @@ class ReproConfig:
 GPU_PRESET = dict(budgets="4194304,16777216,67108864", seq_len=2048, batch_size=8, learning_rate=3e-4,
                   warmup_steps=50, eval_sequences=128, train_sequences=32768)
 LADDER_FREE = ("budgets",)
+OOD_FILE = "ood_heldout.jsonl"
 """Settings a continued comparison may change (results per budget do not depend on them)."""
 
 
@@ -199,7 +204,7 @@ def _write_jsonl(rows: list[list[int]], path: Path) -> None:
 
 
 def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
-    """(teacher dir, train jsonl, held-out jsonl), built once under OUT."""
+    """(teacher dir, train jsonl, held-out jsonl), built once under OUT (and OUT/ood_heldout.jsonl if asked)."""
     from lrc.teacher import load_tokenizer
 
     teacher = _hf_teacher(cfg, out)
@@ -210,6 +215,11 @@ def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
         print(f"tokenizing {cfg.train} and {cfg.heldout} ...", flush=True)
         _write_jsonl(_sample_sequences(cfg.train, tok, cfg.seq_len, n_train, cfg.seed), train_file)
         _write_jsonl(_sample_sequences(cfg.heldout, tok, cfg.seq_len, cfg.eval_sequences, cfg.seed + 1), held_file)
+    ood_file = out / OOD_FILE
+    if cfg.ood_heldout and not ood_file.is_file():
+        print(f"tokenizing {cfg.ood_heldout} (out-of-domain held-out) ...", flush=True)
+        _write_jsonl(_sample_sequences(cfg.ood_heldout, load_tokenizer(teacher), cfg.seq_len, cfg.eval_sequences,
+                                       cfg.seed + 2), ood_file)
     return teacher, str(train_file), str(held_file)
 
 
@@ -253,11 +263,13 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         wall = time.time() - t0
         model = trainer.lrc_model
         scored = model if is_lrc(method) else model.student
-        r = evaluator(scored)
+        r, ood = evaluator(scored)
         hist = [h for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
         rt = [h for h in trainer.state.log_history if "train_runtime" in h]
         ev = asdict(r)
         ev["eval_tokens"] = ev.pop("tokens")
+        if ood is not None:
+            ev.update({f"ood_{k}": v for k, v in asdict(ood).items()})
         result = {"method": method, "budget": budget, "steps": steps, "tokens": steps * cfg.tokens_per_step(),
                   **ev, "wall_s": wall, "train_loss_last": hist[-1]["loss"] if hist else None,
                   "train_ce_last": hist[-1].get("ce") if hist else None,
@@ -266,7 +278,8 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
                   "segment_runtime_s": rt[-1]["train_runtime"] if rt else wall,
                   "trainable_parameters": sum(p.numel() for p in model.trainable_parameters())}
         write_json_atomic(res_file, result)
-        print(f"[{method} @ {budget:,} tokens] held-out ppl {r.ppl:.1f}  KL {r.kl:.3f}  top-1 {r.top1:.3f}", flush=True)
+        print(f"[{method} @ {budget:,} tokens] held-out ppl {r.ppl:.1f}  KL {r.kl:.3f}  top-1 {r.top1:.3f}"
+              + (f"  | out-of-domain ppl {ood.ppl:.1f}" if ood is not None else ""), flush=True)
         del trainer, model, scored
         yield
 
@@ -321,7 +334,8 @@ def _two_phases(flags: dict[str, Any], cfg: ReproConfig, teacher: str, train_fil
 
 
 def make_evaluator(teacher_dir: str, held_file: str, cfg: ReproConfig, out: Path):
-    """Teacher log-probs on the held-out sequences, computed once (and the teacher's perplexity)."""
+    """Teacher log-probs on the held-out sequences (and the out-of-domain ones, if any), computed once, and the
+    teacher's perplexity. The evaluator maps a model to (held-out comparison, out-of-domain one or None)."""
     import torch
 
     from lrc.data import build_dataset
@@ -329,14 +343,27 @@ def make_evaluator(teacher_dir: str, held_file: str, cfg: ReproConfig, out: Path
     from lrc.teacher import load_teacher
 
     teacher = load_teacher(teacher_dir, dtype=torch.float32)
-    held = build_dataset(held_file, cfg.seq_len, teacher.config.vocab_size)
-    print(f"teacher log-probs on {len(held)} held-out sequences ...", flush=True)
-    lp = teacher_logprobs(teacher, held, cfg.batch_size)
-    t = compare_with_teacher(teacher, held, lp, cfg.batch_size)
+    sets = {"": held_file}
+    if cfg.ood_heldout:
+        sets["ood_"] = str(out / OOD_FILE)
+    refs, record = {}, {}
+    for prefix, path in sets.items():
+        data = build_dataset(path, cfg.seq_len, teacher.config.vocab_size)
+        print(f"teacher log-probs on {len(data)} {'out-of-domain ' if prefix else ''}held-out sequences ...",
+              flush=True)
+        lp = teacher_logprobs(teacher, data, cfg.batch_size)
+        t = compare_with_teacher(teacher, data, lp, cfg.batch_size)
+        refs[prefix] = (data, lp)
+        record.update({f"{prefix}ppl": t.ppl, f"{prefix}ce": t.ce, f"{prefix}tokens": t.tokens})
     (out / "results").mkdir(parents=True, exist_ok=True)
-    (out / "results" / "teacher.json").write_text(json.dumps({"ppl": t.ppl, "ce": t.ce, "tokens": t.tokens}) + "\n")
+    (out / "results" / "teacher.json").write_text(json.dumps(record) + "\n")
     del teacher
-    return lambda model: compare_with_teacher(model, held, lp, cfg.batch_size)
+
+    def evaluate(model):
+        scores = {p: compare_with_teacher(model, data, lp, cfg.batch_size) for p, (data, lp) in refs.items()}
+        return scores[""], scores.get("ood_")
+
+    return evaluate
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -423,6 +450,15 @@ def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
         secs = sum(r["segment_runtime_s"] for r in rs)
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {rs[-1]['trainable_parameters']:,} | "
                      f"{tokens / secs:.0f} |")
+    if teacher and "ood_ppl" in teacher:
+        lines += ["", f"Out-of-domain held-out (`{Path(cfg.ood_heldout).name}`, {cfg.eval_sequences} random sequences): "
+                  f"teacher perplexity **{teacher['ood_ppl']:.2f}**; each cell: perplexity / KL / top-1, as above.", "",
+                  "| method | " + " | ".join(f"{b:,} tokens" for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for m in methods:
+            cells = [f"{r['ood_ppl']:.1f} / {r['ood_kl']:.2f} / {r['ood_top1']:.3f}" if r and "ood_ppl" in r else "-"
+                     for r in (res[m].get(b) for b in budgets)]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Goal check (LRC at B beats every baseline at >= 10 B, for the smallest B within 2x of the teacher):", ""]
     lines += [f"- {v}" for v in quality_verdict(res, tp)]
     lines += ["",
@@ -501,7 +537,7 @@ def main(out: str = "runs/reproduce_small", docs: str = "docs", methods: str = "
     outp.mkdir(parents=True, exist_ok=True)
     stored = outp / "repro_config.json"
     if stored.is_file():
-        old = json.loads(stored.read_text())
+        old = {**asdict(ReproConfig()), **json.loads(stored.read_text())}  # fields added later: their defaults
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v and k not in LADDER_FREE}
         if diff:
             raise SystemExit(f"error: {outp} holds a comparison with other settings {diff} (stored, now); "

@@ -74,6 +74,26 @@ def test_bench_step_two_processes_shard_the_generation(tiny_assets, tmp_path):
     assert res["step_time_ratio_sharded_over_unsharded"] > 0
 
 
+def test_reproduce_small_out_of_domain_heldout_and_pruned_starts(tiny_assets, tmp_path):
+    """--ood_heldout adds a second held-out set (teacher and every method); prune_kd and LRC with
+    --proj_init activation run as methods."""
+    import reproduce_small as rs
+
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    rs.main(out=str(out), docs=str(docs), methods="prune_kd,lrc:proj_init=activation", teacher=tiny_assets["teacher"],
+            train=tiny_assets["train"], heldout=tiny_assets["held"], ood_heldout=tiny_assets["train"], budgets="64",
+            seq_len=16, batch_size=2, eval_sequences=2, train_sequences=8, warmup_steps=1, target_hidden_size=32,
+            learning_rate=1e-2)
+    teacher = json.loads((out / "results" / "teacher.json").read_text())
+    assert teacher["ood_ppl"] > 1 and teacher["ood_tokens"] == 2 * 15
+    for m in ("prune_kd", "lrc:proj_init=activation"):
+        r = json.loads((out / "results" / m / "64.json").read_text())
+        assert r["ood_ppl"] > 1 and 0 <= r["ood_top1"] <= 1 and r["ppl"] > 1
+        assert len(json.loads((out / "runs" / m / "run_config.json").read_text())["proj_init"]["channels"]) == 32
+    report = (docs / "REPRODUCE_SMALL.md").read_text()
+    assert "Out-of-domain held-out" in report and f"{teacher['ood_ppl']:.2f}" in report
+
+
 def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, capsys):
     import reproduce_small as rs
 
@@ -98,6 +118,9 @@ def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, cap
     with open(docs / "REPRODUCE_SMALL.md", "a") as f:
         f.write("\n" + rs.NOTES_MARKER + "\n## Analysis\nhand-written text\n")
     capsys.readouterr()
+    stored = json.loads((out / "repro_config.json").read_text())
+    del stored["ood_heldout"]  # written before that field existed: read with its default
+    (out / "repro_config.json").write_text(json.dumps(stored))
     rs.main(**args)
     assert capsys.readouterr().out.count("done before") == 6
     regenerated = (docs / "REPRODUCE_SMALL.md").read_text()
