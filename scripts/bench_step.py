@@ -154,7 +154,8 @@ def main() -> None:
     ap.add_argument("--gas", type=int, default=1, help="micro-batches per optimizer step: every phase runs GAS "
                     "micro-batches and one optimizer step; the LRC step generates the weights once per step (and, "
                     "for comparison, c_lrc_step_per_micro_batch once per micro-batch)")
-    ap.add_argument("--nproc", type=int, default=1, help="N > 1: N data-parallel CPU processes (gloo, DDP) time the LRC "
+    ap.add_argument("--nproc", type=int, default=1, help="N > 1: N data-parallel processes (DDP; gloo on CPU, NCCL "
+                    "with one GPU each when there are N GPUs) time the LRC "
                     "step with the weight generation sharded over them against unsharded, back to back, and count "
                     "each rank's generation FLOPs")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -310,7 +311,8 @@ def main() -> None:
 
 
 def _dp_worker(rank: int, args, port: int, results) -> None:
-    """One of ``--nproc`` gloo processes: DDP over the LRC model, the step timed unsharded and sharded in turn."""
+    """One of ``--nproc`` processes (gloo on CPU; NCCL, one GPU each, bf16 by default, when there are enough GPUs):
+    DDP over the LRC model, the step timed unsharded and sharded in turn."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.flop_counter import FlopCounterMode
@@ -318,16 +320,22 @@ def _dp_worker(rank: int, args, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if args.threads:
         torch.set_num_threads(args.threads)
-    dist.init_process_group("gloo", rank=rank, world_size=args.nproc)
+    gpu = torch.cuda.is_available() and torch.cuda.device_count() >= args.nproc
+    device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if gpu else "fp32")]
+    dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=args.nproc)
     try:
-        teacher, lrc, student, _ = build(args, torch.device("cpu"), torch.float32)
+        teacher, lrc, student, _ = build(args, device, dtype)
         del student
-        ddp = DDP(lrc)
+        lrc.projections.float()  # fp32 master projections, as in training
+        ddp = DDP(lrc, device_ids=[rank] if gpu else None)
         opt = torch.optim.AdamW(lrc.trainable_parameters(), lr=1e-5, foreach=True)
         group = dist.new_group(list(range(args.nproc)))
         plan = lrc.plan_sharded_generation(group, rank, args.nproc)
         ids = torch.randint(0, teacher.config.vocab_size, (args.batch, args.seq),
-                            generator=torch.Generator().manual_seed(rank))
+                            generator=torch.Generator().manual_seed(rank)).to(device)
         K = args.gas
 
         def step(sharded: bool):
@@ -345,8 +353,10 @@ def _dp_worker(rank: int, args, port: int, results) -> None:
         for r in range(args.warmup + args.iters):
             for name, fn in phases.items():
                 dist.barrier()
+                _sync(device)
                 t0, c0 = time.perf_counter(), time.process_time()
                 fn()
+                _sync(device)
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if r >= args.warmup:
                     times[name].append(dt)
@@ -369,7 +379,7 @@ def _dp_worker(rank: int, args, port: int, results) -> None:
 
 
 def data_parallel_main(args) -> None:
-    """``--nproc N``: the sharded against the unsharded LRC step in N gloo processes (``_dp_worker``)."""
+    """``--nproc N``: the sharded against the unsharded LRC step in N processes (``_dp_worker``)."""
     import torch.multiprocessing as mp
 
     import socket
@@ -383,8 +393,10 @@ def data_parallel_main(args) -> None:
         ranks = [results[r] for r in range(args.nproc)]
     r0 = ranks[0]
     res = {
-        "date": date.today().isoformat(), "device": f"CPU ({platform.processor() or platform.machine()}), "
-        f"{args.nproc} processes x {args.threads or torch.get_num_threads()} threads, gloo, DDP",
+        "date": date.today().isoformat(), "device": (
+            f"{args.nproc} x {torch.cuda.get_device_name()}, NCCL, DDP" if torch.cuda.device_count() >= args.nproc
+            else f"CPU ({platform.processor() or platform.machine()}), {args.nproc} processes x "
+                 f"{args.threads or torch.get_num_threads()} threads, gloo, DDP"),
         "torch": torch.__version__, "teacher": args.teacher, "target_hidden_size": args.target_hidden_size,
         "batch_per_process": args.batch, "seq": args.seq, "gas": args.gas, "nproc": args.nproc,
         "load_average_at_end": os.getloadavg(), "ranks": ranks,
