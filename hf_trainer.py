@@ -165,6 +165,8 @@ FLAGS: dict[str, Flag] = {
                                  "refused"),
     # --- this script
     "demo": Flag(False, "bool", "the out-of-the-box run (flags after it override its values)"),
+    "demo_ood_eval": Flag(None, "str", "--demo: also report teacher and student perplexity on this held-out text from "
+                          "another domain (the demo's default: data/sample/ood_heldout.txt, Python documentation)"),
 }
 
 ALIASES = {"resume_checkpoint": "resume"}
@@ -186,6 +188,7 @@ DEMO_TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO: dict[str, Any] = {
     "dataset_name": str(REPO / "data/sample/train.txt"),
     "eval_dataset": str(REPO / "data/sample/heldout.txt"),
+    "demo_ood_eval": str(REPO / "data/sample/ood_heldout.txt"),
     "output_dir": "runs/demo",
     "target_hidden_size": 288,
     "data_max_len": 128,
@@ -762,10 +765,13 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
         student_dir = out  # a baseline's output is already a standard HF checkpoint
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     tok = load_tokenizer(cfg["tokenizer"] or cfg["raw_model_name"], teacher.config.vocab_size)
-    held = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], teacher.config.vocab_size, tok)
-    say(f"held-out perplexity on {cfg['eval_dataset']} ({len(held)} x {cfg['data_max_len']} tokens) ...")
-    t_ppl = heldout_perplexity(teacher, held, cfg["batch_size"])
-    s_ppl = heldout_perplexity(student, held, cfg["batch_size"])
+    scores = {}  # held-out text -> (teacher, student) perplexities
+    for path in [cfg["eval_dataset"]] + ([cfg["demo_ood_eval"]] if cfg["demo_ood_eval"] else []):
+        held = build_dataset(path, cfg["data_max_len"], teacher.config.vocab_size, tok)
+        say(f"held-out perplexity on {path} ({len(held)} x {cfg['data_max_len']} tokens) ...")
+        scores[path] = (heldout_perplexity(teacher, held, cfg["batch_size"]),
+                        heldout_perplexity(student, held, cfg["batch_size"]))
+    t_ppl, s_ppl = scores[cfg["eval_dataset"]]
     curve = _loss_curve(trainer)
     n_t = sum(p.numel() for p in teacher.parameters()) / 1e6
     n_s = sum(p.numel() for p in student.parameters()) / 1e6
@@ -777,9 +783,13 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
         f"{'LRC' if lrc_run else mc} demo finished in {time.time() - t0:.0f}s",
         f"training loss ({'CE + KL + alpha x clone' if lrc_run else mc}): step {curve[0][0]}: {curve[0][1]:.2f} -> "
         f"step {curve[-1][0]}: {curve[-1][1]:.2f}",
-        f"held-out perplexity ({t_ppl.tokens} predicted tokens):",
+        f"held-out perplexity on {Path(cfg['eval_dataset']).name} ({t_ppl.tokens} predicted tokens):",
         f"  teacher SmolLM2-135M-Instruct  {n_t:6.1f}M params  ppl {t_ppl.ppl:10.1f}",
-        f"  student d_s={cfg['target_hidden_size']:<4}              {n_s:6.1f}M params  ppl {s_ppl.ppl:10.1f}",
+        f"  student d_s={cfg['target_hidden_size']:<4}              {n_s:6.1f}M params  ppl {s_ppl.ppl:10.1f}"
+        f"  ({s_ppl.ppl / t_ppl.ppl:.1f}x the teacher's)",
+        *[f"another domain, {Path(p).name} ({t.tokens} predicted tokens): teacher ppl {t.ppl:.1f}, student ppl "
+          f"{s.ppl:.1f} ({s.ppl / t.ppl:.1f}x: what the student inherited beyond its training text)"
+          for p, (t, s) in scores.items() if p != cfg["eval_dataset"]],
         f"  ({cfg['max_steps']} steps x {cfg['batch_size']} x {cfg['data_max_len']} tokens: a smoke run; "
         f"the paper trains on ~10B tokens)",
         f"outputs in {out}: checkpoint-N/, " + ("lrc_weights.safetensors, student/ (a standard HF model)" if lrc_run

@@ -156,8 +156,10 @@ def _two_procs(tmp_path: Path, name: str, flags: dict, step: int) -> subprocess.
 
 def test_sigterm_on_one_rank_stops_both_at_the_same_step(assets, tmp_path):
     """Only rank 0 is signalled (during step 2): both ranks agree to stop after step 3 and save it; resumed
-    with 2 processes, the weights equal an uninterrupted 2-process run's bitwise."""
-    flags = base_flags(assets, tmp_path / "x", max_steps=6, save_steps=10, batch_size=2, learning_rate=5e-3)
+    with 2 processes, the weights equal an uninterrupted 2-process run's bitwise. (GAS 2 with the default
+    generation: once per optimizer step, unsharded on gloo, under DDP.)"""
+    flags = base_flags(assets, tmp_path / "x", max_steps=6, save_steps=10, batch_size=1, gradient_accumulation_steps=2,
+                       learning_rate=5e-3)
     p = _two_procs(tmp_path, "whole", {**flags, "output_dir": str(tmp_path / "whole")}, 0)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     out = tmp_path / "cut"

@@ -129,6 +129,7 @@ def test_demo_flags_resolve_and_can_be_overridden():
     assert cfg["raw_model_name"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and Path(cfg["raw_model_name"]).is_file()
     assert cfg["max_steps"] == 3 and cfg["output_dir"] == "/tmp/x" and cfg["target_hidden_size"] == 288
     assert Path(cfg["dataset_name"]).is_file() and Path(cfg["eval_dataset"]).is_file()
+    assert Path(cfg["demo_ood_eval"]).is_file()
 
 
 # ---------------------------------------------------------------------------------------------- learning

@@ -1,4 +1,4 @@
-"""Cut the demo text sample (data/sample/train.txt, heldout.txt) from the benchmark prose corpus.
+"""Cut the demo text sample (data/sample/train.txt, heldout.txt, ood_heldout.txt) from the benchmark prose corpus.
 
 Run from the repository root:  python data/sample/make_sample.py [/work/shared/corpus]
 
@@ -18,6 +18,9 @@ HERE = Path(__file__).resolve().parent
 SLICES = [
     ("train.txt", "prose.train.txt.xz", "EMMA", 300_000),          # Jane Austen, Emma, from the title page
     ("heldout.txt", "prose.heldout.txt.xz", "CHAPTER 13", 60_000),  # Jane Austen, Northanger Abbey, ch. 13 on
+    # another domain: the Python 3.11 documentation (technical prose), from the socket module's sendmsg on
+    ("ood_heldout.txt", "prose.heldout.txt.xz", "The following function sends the list of file descriptors fds over an "
+     "AF_UNIX socket, on systems which support the SCM_RIGHTS mechanism. See also recvmsg().", 60_000),
 ]
 
 
