@@ -97,6 +97,20 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _timed(fn, device) -> tuple[float, float]:
+    """Wall and process CPU seconds of ``fn()``, the device synchronised before and after."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _round_line(r: int, total: int, times: dict[str, list[float]]) -> str:
+    return (f"round {r + 1}/{total} (load {os.getloadavg()[0]:.2f}): "
+            + ", ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items() if v))
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -232,17 +246,12 @@ def main() -> None:
     for r in range(args.warmup + args.iters):
         for name, fn in phases.items():
             with PeakMemory(device) as pm:
-                _sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                fn()
-                _sync(device)
-                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                dt, dc = _timed(fn, device)
             if r >= args.warmup:
                 times[name].append(dt)
                 cpu_times[name].append(dc)
                 peaks[name] = max(peaks.get(name, 0), pm.peak)
-        print(f"round {r + 1}/{args.warmup + args.iters} (load {os.getloadavg()[0]:.2f}): " +
-              ", ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
+        print(_round_line(r, args.warmup + args.iters, times), flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
@@ -353,17 +362,12 @@ def _dp_worker(rank: int, args, port: int, results) -> None:
         for r in range(args.warmup + args.iters):
             for name, fn in phases.items():
                 dist.barrier()
-                _sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                fn()
-                _sync(device)
-                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                dt, dc = _timed(fn, device)
                 if r >= args.warmup:
                     times[name].append(dt)
                     cpu[name].append(dc)
             if rank == 0:
-                print(f"round {r + 1}/{args.warmup + args.iters} (load {os.getloadavg()[0]:.2f}): " +
-                      ", ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
+                print(_round_line(r, args.warmup + args.iters, times), flush=True)
         gflop = {}
         for name, fn in phases.items():  # every matmul of the step on this rank (torch's FLOP counter)
             with FlopCounterMode(display=False) as fc:
