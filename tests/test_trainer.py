@@ -132,6 +132,18 @@ def test_demo_flags_resolve_and_can_be_overridden():
     assert Path(cfg["demo_ood_eval"]).is_file()
 
 
+def test_demo_report_on_a_tiny_teacher(assets, tmp_path, capsys):
+    """run_demo's end: conversion, then teacher and student perplexity on the held-out text and on the other
+    domain's, with the ratios."""
+    cfg = hf_trainer.parse_flags(base_flags(assets, tmp_path / "demo", dataset_name=assets["text"], max_steps=2,
+                                            eval_dataset=assets["heldout"], demo_ood_eval=assets["text"]))
+    hf_trainer.run_demo(cfg)
+    out = capsys.readouterr().out
+    assert (tmp_path / "demo" / "student" / "model.safetensors").is_file()
+    assert "held-out perplexity on heldout.txt" in out and "x the teacher's)" in out
+    assert "another domain, train.txt" in out and "what the student inherited beyond its training text" in out
+
+
 # ---------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("fmt", ["packed", "text"])
 def test_loss_falls(assets, tmp_path, fmt):
