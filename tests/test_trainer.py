@@ -86,7 +86,7 @@ def test_official_readme_command_trains(assets, tmp_path, capsys):
     (["--bogus_flag", "1", "--other-bad", "2"], "--bogus_flag, --other_bad"),
     (["--str_ban_losses", "attn-zz-loss"], "attn-zz-loss"),
     (["--dataset_name", "/nonexistent/train.jsonl"], "/nonexistent/train.jsonl"),
-    (["--model_cls", "kd"], "is not one of distill, origin, only_kd, tiny_bert"),
+    (["--model_cls", "kd"], "is not one of distill, origin, only_kd, prune_kd, tiny_bert"),
     (["--model_cls", "only_kd", "--load_model_weight_path", "x"], "cannot start --model_cls only_kd"),
     (["--use_std_like_attn", "1"], "Low Performance"),
     (["--tie_n", "2"], "low perf"),
