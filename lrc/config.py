@@ -27,7 +27,6 @@ PROJ_INITS = ("random", "activation")
 ATTN_Q, ATTN_K, ATTN_V = "attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss"
 ATTN_IN, ATTN_OUT = "attn-in-sim-loss", "attn-out-sim-loss"
 MLP_GATE, MLP_UP, MLP_IN, MLP_OUT = "mlp-gate-loss", "mlp-up-loss", "mlp-in-loss", "mlp-out-loss"
-ALL_CLONE_TERMS = (ATTN_Q, ATTN_K, ATTN_V, ATTN_IN, ATTN_OUT, MLP_GATE, MLP_UP, MLP_IN, MLP_OUT)
 
 
 class LRCConfigError(LRCError, ValueError):

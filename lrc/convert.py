@@ -38,11 +38,6 @@ from .teacher import (find_tokenizer, load_teacher, load_teacher_config, load_to
 
 log = logging.getLogger(__name__)
 
-# Flags that may be given to the converter; each must agree with the stored config.
-CHECKED_FLAGS = ("target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_word_emb_proj",
-                 "target_rms_norm_eps", "del_layers")
-
-
 EXPORT_ARCHS = ("llama",)
 """Values of ``--export_arch``: write the student in another (equivalent) architecture."""
 

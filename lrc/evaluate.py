@@ -180,11 +180,16 @@ def main(model: str, data: str, data_max_len: int = 1024, batch_size: int = 4, m
     print(f"{model}: {r.tokens} predicted tokens of {data} (sequences of {data_max_len}): ce {r.ce:.4f}  ppl {r.ppl:.2f}")
 
 
-if __name__ == "__main__":
-    import sys
-
+def cli(argv: list[str] | None = None) -> int:
+    """``lrc eval`` (fire flags; ``argv`` default: sys.argv[1:]); the exit code of ``lrc.errors.run_cli``."""
     import fire
 
     from .errors import run_cli
 
-    sys.exit(run_cli(lambda: fire.Fire(main)))
+    return run_cli(lambda: fire.Fire(main, command=argv, name="eval"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(cli())

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 
 from .config import LRCConfig
 from .errors import LRCError
@@ -99,8 +99,3 @@ def config_hash(config: PretrainedConfig | dict[str, Any]) -> str:
     d = {k: v for k, v in d.items() if k not in _VOLATILE_CONFIG_KEYS and not k.startswith("_")}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def load_config(path: str) -> PretrainedConfig:
-    """Load a teacher config from a directory (no remote code)."""
-    return AutoConfig.from_pretrained(path, trust_remote_code=False)

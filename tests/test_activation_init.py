@@ -96,6 +96,9 @@ def test_training_with_activation_init_records_and_resumes_bitwise(assets, tmp_p
     train(assets, tmp_path / "two", trainer_cls=stop_at(2), **over)
     assert newest_complete_checkpoint(tmp_path / "two")[0].name == "checkpoint-2"
     train(assets, tmp_path / "two", resume="auto", **over)
+    # the resumed run's record (final outputs and its checkpoints) still says where the student started
+    for rc in (tmp_path / "two" / "run_config.json", tmp_path / "two" / "checkpoint-4" / "run_config.json"):
+        assert json.loads(rc.read_text())["proj_init"] == record
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["loss"] for h in train_logs(tmp_path / "one")] == [h["loss"] for h in train_logs(tmp_path / "two")]

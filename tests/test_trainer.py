@@ -144,6 +144,23 @@ def test_demo_report_on_a_tiny_teacher(assets, tmp_path, capsys):
     assert "another domain, train.txt" in out and "what the student inherited beyond its training text" in out
 
 
+def test_demo_trains_and_reports_a_same_size_student_without_lrc(assets, tmp_path, capsys):
+    """--demo_baseline: after the LRC student, a baseline of the same size on the same tokens, scored on both texts."""
+    cfg = hf_trainer.parse_flags(base_flags(assets, tmp_path / "demo", dataset_name=assets["text"], max_steps=2,
+                                            eval_dataset=assets["heldout"], demo_ood_eval=assets["text"],
+                                            demo_baseline="only_kd", aux_loss_scale_factor=0.002))
+    hf_trainer.run_demo(cfg)
+    out = capsys.readouterr().out
+    base = tmp_path / "demo" / "baseline-only_kd"
+    assert (base / "model.safetensors").is_file() and (tmp_path / "demo" / "student" / "model.safetensors").is_file()
+    assert json.loads((base / "trainer_state.json").read_text())["global_step"] == 2
+    assert json.loads((base / "run_config.json").read_text())["model_cls"] == "only_kd"
+    assert "same size without LRC (--demo_baseline only_kd, same tokens)  ppl" in out
+    assert "; without LRC (only_kd) " in out
+    with pytest.raises(hf_trainer.FlagError, match="--demo_baseline must be prune_kd, only_kd or none"):
+        hf_trainer.parse_flags(base_flags(assets, tmp_path / "x", demo_baseline="origin"))
+
+
 # ---------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("fmt", ["packed", "text"])
 def test_loss_falls(assets, tmp_path, fmt):
