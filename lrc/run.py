@@ -269,10 +269,11 @@ def train(cfg: dict[str, Any], trainer_cls=None):
             plan.record["reachability_audit"] = [r.to_dict() for r in audit]
         ref = TeacherRef(**plan.record["teacher"])
         stopper = StopOnSignal(stop)
+        lrc_only = {} if baseline else dict(generation_once_per_step=cfg["generation_once_per_step"],
+                                            shard_generation=cfg["shard_generation"],
+                                            diagnostics_steps=cfg["diagnostics_steps"])
         trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds,
-                              run_record=plan.record, resume_plan=plan, callbacks=[stopper],
-                              generation_once_per_step=cfg["generation_once_per_step"],
-                              shard_generation=cfg["shard_generation"], diagnostics_steps=cfg["diagnostics_steps"])
+                              run_record=plan.record, resume_plan=plan, callbacks=[stopper], **lrc_only)
         if not baseline:
             say(trainer.generation_summary())
         if baseline:
@@ -341,7 +342,7 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
     if trainer is None or not is_main_process():
         return
     out = Path(cfg["output_dir"]).resolve()
-    teacher = trainer.lrc_model.teacher
+    teacher = trainer.distill_model.teacher
     if cfg["model_cls"] == "distill":
         student_dir = out / "student"
         say(f"converting the final checkpoint to {student_dir} ...")
@@ -368,7 +369,7 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
                 "_given": [k for k in cfg["_given"] if k not in LRC_ONLY_FLAGS]}
         base_trainer = train(bcfg)
         if base_trainer is not None:
-            base_student = base_trainer.lrc_model.student
+            base_student = base_trainer.baseline_model.student
             base_scores = {path: heldout_perplexity(base_student, held, cfg["batch_size"])
                            for path, held in helds.items()}
     t_ppl, s_ppl = scores[cfg["eval_dataset"]]

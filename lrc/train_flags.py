@@ -146,6 +146,8 @@ FLAGS: dict[str, Flag] = {
     "use_additional_align": Flag(None, "bool", "not implemented (unconvertible in the official code): true is "
                                  "refused"),
     # --- this script
+    "config": Flag(None, "str", "a YAML recipe: `flag: value` lines with the flags' own names (configs/recipes/); "
+                   "flags on the command line override it"),
     "demo": Flag(False, "bool", "the out-of-the-box run (flags after it override its values)"),
     "demo_baseline": Flag(None, "str", "--demo: also train a student of the same size WITHOUT LRC on the same tokens "
                           "and report it beside the LRC student: prune_kd (the width-pruned teacher + CE + KL, "
@@ -236,12 +238,49 @@ def _convert(name: str, flag: Flag, v: Any) -> Any:
         raise FlagError(f"--{name} expects {'an integer' if flag.kind == 'int' else 'a number'}, got {v!r}") from None
 
 
+def read_recipe(path: str) -> dict[str, Any]:
+    """The flags of a YAML recipe (``--config``): a mapping of flag names (``-`` or ``_``) to scalar values.
+
+    Raises FlagError naming the file and line for unreadable YAML, a non-mapping, an unknown flag, a nested value
+    or a recipe that names another recipe."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise FlagError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise FlagError(f"--config {path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or root is None or not isinstance(root, yaml.MappingNode):
+        raise FlagError(f"--config {path}: expected `flag: value` lines (a YAML mapping), got {type(values).__name__}")
+    for key_node, value_node in root.value:
+        key = str(key_node.value).replace("-", "_")
+        line = key_node.start_mark.line + 1
+        if key not in FLAGS or key == "config":
+            why = "a recipe cannot include another" if key == "config" else "unknown flag"
+            raise FlagError(f"--config {path}, line {line}: {why} {key_node.value!r} (lrc train --help lists the flags)")
+        if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)):
+            raise FlagError(f"--config {path}, line {line}: {key_node.value} must be a single value (a list is "
+                            f"written comma-separated, as on the command line)")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
 def parse_flags(raw: dict[str, Any]) -> dict[str, Any]:
     """Normalise fire's keyword arguments into a complete, typed, validated flag dict.
 
     Unknown flags, malformed values and contradictions raise FlagError (one line).
     """
     raw = {k.replace("-", "_"): v for k, v in raw.items()}
+    recipe = raw.pop("config", None)
+    if recipe is not None:
+        raw = {**read_recipe(str(recipe)), **raw}  # the command line overrides the recipe
     unknown = sorted(k for k in raw if k not in FLAGS)
     if unknown:
         raise FlagError(f"unknown flag(s): {', '.join('--' + k for k in unknown)} "

@@ -1,4 +1,8 @@
-"""LRCTrainer: the HF ``Trainer`` taught six LRC-specific things.
+"""The distillation trainers: ``DistillTrainer`` (what every run here needs from the HF ``Trainer``) and its two
+subclasses, ``LRCTrainer`` (an ``LRCModel``: checkpoints of projections, weights generated once per step, sharded
+generation, diagnostics) and ``BaselineTrainer`` (a ``BaselineModel``: checkpoints of a standard HF student).
+
+What they change in the HF ``Trainer`` (items 1-5: ``DistillTrainer``; 3 and 6: ``LRCTrainer`` / ``BaselineTrainer``):
 
 1. **Loss and optimizer.** ``compute_loss`` runs ``LRCModel`` and returns ``out.loss``; the optimizer
    is AdamW over ``model.trainable_parameters()`` only (betas (0.9, adam_beta2), eps 1e-8, weight
@@ -147,22 +151,22 @@ class CompactPrinterCallback(_CompactLogs, PrinterCallback):
 
 
 # ---------------------------------------------------------------------------------------------- trainer
-class LRCTrainer(Trainer):
-    """``Trainer`` for an ``LRCModel`` (see the module docstring). ``teacher_ref`` is stored in checkpoints."""
+class DistillTrainer(Trainer):
+    """``Trainer`` for a model whose ``forward`` returns an ``LRCOutput`` and which names its own
+    ``trainable_parameters()`` (module docstring, items 1-5). Subclasses say what a checkpoint holds
+    (``_named_trainable``, ``_write_checkpoint``, ``_load_from_checkpoint``) and what evaluation scores
+    (``scored_model``). ``teacher_ref`` is stored in checkpoints."""
 
     # compute_loss returns a per-micro-batch mean: HF divides it by the gradient-accumulation steps.
     loss_is_scaled_for_ga = False
-    model_class: type = LRCModel
+    model_class: type = torch.nn.Module
+    """The model type this trainer trains (checked at construction)."""
 
-    def __init__(self, model: LRCModel, args: TrainingArguments, teacher_ref: TeacherRef,
+    def __init__(self, model: torch.nn.Module, args: TrainingArguments, teacher_ref: TeacherRef,
                  train_dataset=None, eval_dataset=None, callbacks=None, run_record: dict[str, Any] | None = None,
-                 resume_plan: ResumePlan | None = None, generation_once_per_step: bool = True,
-                 shard_generation: str = "auto", diagnostics_steps: int = 0):
+                 resume_plan: ResumePlan | None = None):
         """``run_record``: written into every checkpoint (``lrc.resume.run_record``); ``resume_plan``: the
-        checkpoint's record and the changes allowed on resume (``lrc.resume.plan_resume``);
-        ``generation_once_per_step`` / ``shard_generation`` (auto | on | off): when and where an LRC student's
-        weights are generated (module docstring, item 6); ``diagnostics_steps``: log ``lrc.diagnostics`` every N
-        optimizer steps (0: never)."""
+        checkpoint's record and the changes allowed on resume (``lrc.resume.plan_resume``)."""
         if not isinstance(model, self.model_class):
             raise TypeError(f"{type(self).__name__} trains a {self.model_class.__name__}, got {type(model).__name__}")
         super().__init__(model=model, args=args, data_collator=collate_batch, train_dataset=train_dataset,
@@ -170,26 +174,12 @@ class LRCTrainer(Trainer):
         self.teacher_ref = teacher_ref
         self.run_record = run_record
         self.resume_plan = resume_plan
-        self.model_accepts_loss_kwargs = False  # LRCModel.forward takes no num_items_in_batch
+        self.model_accepts_loss_kwargs = False  # the models' forward takes no num_items_in_batch
         self.meter = LossMeter()
         self._staging_root: str | None = None
         for old, new in ((ProgressCallback, CompactProgressCallback), (PrinterCallback, CompactPrinterCallback)):
             if self.pop_callback(old) is not None:
                 self.add_callback(new)
-        is_lrc = isinstance(model, LRCModel)
-        self.generation_once_per_step = generation_once_per_step and is_lrc
-        self.diagnostics_steps = diagnostics_steps if is_lrc else 0
-        self._diagnostic_inputs: dict[str, Tensor] | None = None  # the first micro-batch's first 2 sequences
-        self.shard_note = ""
-        if is_lrc:
-            self.shard_note = setup_sharded_generation(model, shard_generation, self.args.world_size)
-
-    def generation_summary(self) -> str:
-        """One line: when and where the student's weights are generated."""
-        gas = self.args.gradient_accumulation_steps
-        when = ("once per optimizer step" if self.generation_once_per_step else "once per micro-batch") + \
-            (f" ({gas} micro-batches each)" if gas > 1 else "")
-        return f"student weights: generated {when}; {self.shard_note}"
 
     def close_progress_bars(self) -> None:
         """End the progress bar's line (before an error message is printed under it)."""
@@ -201,31 +191,31 @@ class LRCTrainer(Trainer):
 
     # ------------------------------------------------------------------ model, optimizer, loss
     @property
-    def lrc_model(self) -> LRCModel:
+    def distill_model(self) -> torch.nn.Module:
+        """The model being trained (teacher + student), unwrapped from DDP / DeepSpeed."""
         return self.accelerator.unwrap_model(self.model)
 
     @property
     def scored_model(self) -> torch.nn.Module:
-        """What evaluation scores: the training-time student (``ce_sum`` generates an LRC student's weights)."""
-        return self.lrc_model
+        """What evaluation scores (``lrc.evaluate.ce_sum``)."""
+        raise NotImplementedError
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """AdamW over the explicit trainable list (projections + student gains), as the official code."""
         if self.optimizer is None:
             a = self.args
-            self.optimizer = torch.optim.AdamW(self.lrc_model.trainable_parameters(), lr=a.learning_rate,
+            self.optimizer = torch.optim.AdamW(self.distill_model.trainable_parameters(), lr=a.learning_rate,
                                                betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon,
                                                weight_decay=a.weight_decay)
         return self.optimizer
 
+    def _model_inputs(self, model, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What ``compute_loss`` passes to the model (a subclass may add keys)."""
+        return inputs
+
     def compute_loss(self, model, inputs: dict[str, Tensor], return_outputs: bool = False,
                      num_items_in_batch=None):
-        if model.training and self.diagnostics_steps and self._diagnostic_inputs is None:
-            self._diagnostic_inputs = {k: inputs[k][:2].detach().clone() for k in ("input_ids", "attention_mask")
-                                       if inputs.get(k) is not None}
-        if model.training and self.generation_once_per_step:  # last micro-batch of the optimizer step or not
-            inputs = {**inputs, "window_end": self.accelerator.sync_gradients}
-        out: LRCOutput = model(**inputs)
+        out: LRCOutput = model(**self._model_inputs(model, inputs))
         if model.training:
             self.meter.add(out, self.state.global_step + 1)  # the optimizer step this micro-step belongs to
         return (out.loss, out) if return_outputs else out.loss
@@ -271,12 +261,7 @@ class LRCTrainer(Trainer):
                 if k != "loss":  # HF's own "loss" (per optimizer step) stays as it is
                     logs[k] = v
             m.reset_window()
-            step = self.state.global_step
-            if self.diagnostics_steps and self._diagnostic_inputs is not None and step % self.diagnostics_steps == 0:
-                from .diagnostics import hidden_state_ranks, projection_condition_summary
-
-                logs.update(hidden_state_ranks(self.lrc_model, **self._diagnostic_inputs))
-                logs.update(projection_condition_summary(self.lrc_model))
+            logs.update(self._extra_logs(self.state.global_step))
             try:
                 self._raise_if_nonfinite()
             except NonFiniteLossError as e:
@@ -288,10 +273,14 @@ class LRCTrainer(Trainer):
         if nonfinite is not None:  # logged first (the NaN line is informative), then stop
             raise nonfinite
 
+    def _extra_logs(self, step: int) -> dict[str, float]:
+        """More values for the training log line at optimizer step ``step`` (none here)."""
+        return {}
+
     # ------------------------------------------------------------------ saving
     def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
-        """What a checkpoint holds, by name: the projections and student gains."""
-        return list(self.lrc_model.projections.named_parameters())
+        """What a checkpoint holds, by name."""
+        raise NotImplementedError
 
     def _trainable_state_dict(self) -> dict[str, Tensor]:
         """The trainable tensors; under DeepSpeed the fp32 master copies (a collective: all ranks call)."""
@@ -317,10 +306,8 @@ class LRCTrainer(Trainer):
         self._write_checkpoint(output_dir, state_dict)
 
     def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
-        """``lrc_weights.safetensors`` + ``lrc_config.json`` (LRC config and teacher identity)."""
-        lrc = self.lrc_model
-        save_lrc_checkpoint(output_dir, lrc.projections, lrc.lrc_config, self.teacher_ref, state_dict=state_dict,
-                            core_basis=lrc.core_bases_fingerprint())
+        """Write ``state_dict`` (the ``_named_trainable`` tensors) and what describes them into ``output_dir``."""
+        raise NotImplementedError
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
@@ -366,23 +353,6 @@ class LRCTrainer(Trainer):
         publish_checkpoint(staged, final, step)
 
     # ------------------------------------------------------------------ resuming
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Restore the projections and gains from ``lrc_weights.safetensors`` (strict: names, shapes, config)."""
-        ckpt_dir = Path(resume_from_checkpoint)
-        if not (ckpt_dir / WEIGHTS_NAME).is_file():
-            raise CheckpointError(f"cannot resume from {str(ckpt_dir)!r}: no {WEIGHTS_NAME} in it")
-        ckpt = load_lrc_checkpoint(ckpt_dir / WEIGHTS_NAME)
-        lrc = self.lrc_model
-        check_resume_compatible(ckpt.lrc.to_dict(), lrc.lrc_config.to_dict(), ckpt_dir)
-        why = ckpt.teacher.mismatch(self.teacher_ref) if ckpt.teacher is not None else None
-        if why:
-            raise CheckpointError(f"cannot resume from {str(ckpt_dir)!r}: it was trained against teacher "
-                                  f"{ckpt.teacher.describe()}, not {self.teacher_ref.describe()}: {why}")
-        load_into_projections(lrc.projections, ckpt.weights, what=f"checkpoint {ckpt_dir}")
-        note = core_basis_note(ckpt.core_basis, lrc.core_bases_fingerprint(), ckpt_dir)
-        if note and self.args.process_index == 0:
-            logger.warning(note)
-
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial) -> tuple[int, int]:
         """HF's, except after an allowed change of batch size, accumulation or world size: then the data
@@ -422,6 +392,89 @@ class LRCTrainer(Trainer):
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
+class LRCTrainer(DistillTrainer):
+    """``DistillTrainer`` for an ``LRCModel``: checkpoints hold the projections and student gains (item 3), the
+    student's weights are generated once per optimizer step and may be sharded (item 6), and
+    ``lrc.diagnostics`` are logged every ``diagnostics_steps`` steps."""
+
+    model_class: type = LRCModel
+
+    def __init__(self, model: LRCModel, args: TrainingArguments, teacher_ref: TeacherRef,
+                 train_dataset=None, eval_dataset=None, callbacks=None, run_record: dict[str, Any] | None = None,
+                 resume_plan: ResumePlan | None = None, generation_once_per_step: bool = True,
+                 shard_generation: str = "auto", diagnostics_steps: int = 0):
+        """As ``DistillTrainer``; ``generation_once_per_step`` / ``shard_generation`` (auto | on | off): when and
+        where the student's weights are generated (module docstring, item 6); ``diagnostics_steps``: log
+        ``lrc.diagnostics`` every N optimizer steps (0: never)."""
+        super().__init__(model, args, teacher_ref, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         callbacks=callbacks, run_record=run_record, resume_plan=resume_plan)
+        self.generation_once_per_step = generation_once_per_step
+        self.diagnostics_steps = diagnostics_steps
+        self._diagnostic_inputs: dict[str, Tensor] | None = None  # the first micro-batch's first 2 sequences
+        self.shard_note = setup_sharded_generation(model, shard_generation, self.args.world_size)
+
+    def generation_summary(self) -> str:
+        """One line: when and where the student's weights are generated."""
+        gas = self.args.gradient_accumulation_steps
+        when = ("once per optimizer step" if self.generation_once_per_step else "once per micro-batch") + \
+            (f" ({gas} micro-batches each)" if gas > 1 else "")
+        return f"student weights: generated {when}; {self.shard_note}"
+
+    @property
+    def lrc_model(self) -> LRCModel:
+        """The ``LRCModel`` being trained, unwrapped."""
+        return self.distill_model
+
+    @property
+    def scored_model(self) -> torch.nn.Module:
+        """The training-time student (``ce_sum`` generates its weights)."""
+        return self.lrc_model
+
+    def _model_inputs(self, model, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if model.training and self.diagnostics_steps and self._diagnostic_inputs is None:
+            self._diagnostic_inputs = {k: inputs[k][:2].detach().clone() for k in ("input_ids", "attention_mask")
+                                       if inputs.get(k) is not None}
+        if model.training and self.generation_once_per_step:  # last micro-batch of the optimizer step or not
+            inputs = {**inputs, "window_end": self.accelerator.sync_gradients}
+        return inputs
+
+    def _extra_logs(self, step: int) -> dict[str, float]:
+        """Every ``diagnostics_steps``: effective ranks of the hidden states, the projections' condition numbers."""
+        if not (self.diagnostics_steps and self._diagnostic_inputs is not None and step % self.diagnostics_steps == 0):
+            return {}
+        from .diagnostics import hidden_state_ranks, projection_condition_summary
+
+        return {**hidden_state_ranks(self.lrc_model, **self._diagnostic_inputs),
+                **projection_condition_summary(self.lrc_model)}
+
+    def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The projections and student gains, by name."""
+        return list(self.lrc_model.projections.named_parameters())
+
+    def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
+        """``lrc_weights.safetensors`` + ``lrc_config.json`` (LRC config and teacher identity)."""
+        lrc = self.lrc_model
+        save_lrc_checkpoint(output_dir, lrc.projections, lrc.lrc_config, self.teacher_ref, state_dict=state_dict,
+                            core_basis=lrc.core_bases_fingerprint())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Restore the projections and gains from ``lrc_weights.safetensors`` (strict: names, shapes, config)."""
+        ckpt_dir = Path(resume_from_checkpoint)
+        if not (ckpt_dir / WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"cannot resume from {str(ckpt_dir)!r}: no {WEIGHTS_NAME} in it")
+        ckpt = load_lrc_checkpoint(ckpt_dir / WEIGHTS_NAME)
+        lrc = self.lrc_model
+        check_resume_compatible(ckpt.lrc.to_dict(), lrc.lrc_config.to_dict(), ckpt_dir)
+        why = ckpt.teacher.mismatch(self.teacher_ref) if ckpt.teacher is not None else None
+        if why:
+            raise CheckpointError(f"cannot resume from {str(ckpt_dir)!r}: it was trained against teacher "
+                                  f"{ckpt.teacher.describe()}, not {self.teacher_ref.describe()}: {why}")
+        load_into_projections(lrc.projections, ckpt.weights, what=f"checkpoint {ckpt_dir}")
+        note = core_basis_note(ckpt.core_basis, lrc.core_bases_fingerprint(), ckpt_dir)
+        if note and self.args.process_index == 0:
+            logger.warning(note)
+
+
 # ---------------------------------------------------------------------------------------------- sharded generation
 def setup_sharded_generation(model: LRCModel, mode: str, world_size: int) -> str:
     """Give ``model`` a ``ShardPlan`` over this node's processes (``lrc.sharded_generation``) when ``mode`` (auto |
@@ -455,8 +508,8 @@ def setup_sharded_generation(model: LRCModel, mode: str, world_size: int) -> str
 
 
 # ---------------------------------------------------------------------------------------------- baselines
-class BaselineTrainer(LRCTrainer):
-    """``LRCTrainer`` for a ``BaselineModel`` (``--model_cls origin | only_kd | tiny_bert``).
+class BaselineTrainer(DistillTrainer):
+    """``DistillTrainer`` for a ``BaselineModel`` (``--model_cls origin | only_kd | prune_kd | tiny_bert``).
 
     Same optimizer (AdamW over ``trainable_parameters()``: the student and tiny_bert's maps, never the
     teacher), logging, non-finite guard and atomic checkpoints. What differs is what a checkpoint
@@ -467,12 +520,18 @@ class BaselineTrainer(LRCTrainer):
     model_class: type = BaselineModel
 
     @property
+    def baseline_model(self) -> BaselineModel:
+        """The ``BaselineModel`` being trained, unwrapped."""
+        return self.distill_model
+
+    @property
     def scored_model(self) -> torch.nn.Module:
-        return self.lrc_model.student
+        """The standard HF student."""
+        return self.baseline_model.student
 
     def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         """``student.``/``maps.``-prefixed trainable tensors."""
-        m = self.lrc_model
+        m = self.baseline_model
         return [(f"student.{n}", p) for n, p in m.student.named_parameters()] + \
                [(f"maps.{n}", p) for n, p in m.maps.named_parameters()]
 
@@ -480,10 +539,10 @@ class BaselineTrainer(LRCTrainer):
     """Saved into every checkpoint (and so into the final output), which is then a complete HF model."""
 
     def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
-        save_baseline_checkpoint(output_dir, self.lrc_model, state_dict, self.student_tokenizer)
+        save_baseline_checkpoint(output_dir, self.baseline_model, state_dict, self.student_tokenizer)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_baseline_checkpoint(resume_from_checkpoint, self.lrc_model)
+        load_baseline_checkpoint(resume_from_checkpoint, self.baseline_model)
 
 
 def save_baseline_checkpoint(directory: str | Path, model: BaselineModel, state_dict: dict[str, Tensor],

@@ -270,7 +270,7 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
             raise SystemExit(f"error: {run_dir} finished {steps} steps before, but {res_file} is missing: move "
                              f"{run_dir} away to train this budget again")
         wall = time.time() - t0
-        model = trainer.lrc_model
+        model = trainer.distill_model
         scored = model if is_lrc(method) else model.student
         r, ood = evaluator(scored)
         hist = [h for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]

@@ -59,7 +59,7 @@ def test_baseline_learns_and_keeps_the_teacher_out(assets, tmp_path, mc):
     tr = train(assets, tmp_path / mc, mc)
     ls = losses(tr)
     assert len(ls) == 10 and sum(ls[-3:]) / 3 < 0.7 * ls[0], ls
-    model: BaselineModel = tr.lrc_model
+    model: BaselineModel = tr.baseline_model
     # the teacher: frozen, unchanged, never in the optimizer
     teacher_ids = {id(p) for p in model.teacher.parameters()}
     assert all(not p.requires_grad and p.grad is None for p in model.teacher.parameters())
@@ -95,7 +95,7 @@ def test_prune_kd_starts_as_lrc_activation_init(assets, tmp_path):
     assert rec[0]["channels"] == rec[1]["channels"] and rec[0]["calib_tokens"] == 64
     ids = torch.tensor([[10, 11, 12, 13, 14, 10, 11]])
     with torch.no_grad():  # lr 1e-12: one step moves nothing visible
-        torch.testing.assert_close(a.lrc_model.student(ids).logits, b.lrc_model.student_logits(ids), rtol=0,
+        torch.testing.assert_close(a.baseline_model.student(ids).logits, b.lrc_model.student_logits(ids), rtol=0,
                                    atol=1e-4)
     assert not (tmp_path / "p" / "lrc_weights.safetensors").exists()
 
