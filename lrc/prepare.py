@@ -976,8 +976,9 @@ def make_plan(inputs=None, tokenizer: str | None = None, output: str | None = No
               filter: Any = None, budget: Any = None, jsonl_export: bool = False,  # noqa: A002
               sequences_per_shard: int | None = None, overwrite: bool = False, quiet: bool = False,
               sources: Any = None, tasks: int | None = None, executor: str = "local",
-              ) -> tuple[dict, TokenizerSpec, list[dict]]:
-    """Check everything, load the tokenizer -> (plan, tokenizer spec, resolved sources). Creates nothing."""
+              ) -> tuple[dict, TokenizerSpec]:
+    """Check everything, load the tokenizer -> (plan, tokenizer spec); the resolved sources are ``plan["sources"]``.
+    Creates nothing."""
     _check_int(data_max_len, "--data-max-len")
     _check_int(workers, "--workers")
     if tasks is not None:
