@@ -33,8 +33,8 @@ from .errors import LRCError
 from .families import check_family
 from .model import LRCModel
 from .run_dir import atomic_dir
-from .teacher import (find_tokenizer, load_teacher, load_teacher_config, load_tokenizer, teacher_fingerprint,
-                      weights_fingerprint)
+from .teacher import (find_tokenizer, load_causal_lm, load_teacher, load_teacher_config, load_tokenizer,
+                      teacher_fingerprint, weights_fingerprint)
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def _reexport(src: Path, out: Path, export_arch: str, dtype: str | None) -> Path
     why = _llama_export_refusal(cfg)
     if why:
         raise ConversionError(f"--export_arch llama: {why}")
-    student = load_teacher(str(src), dtype=torch.float32)  # the one safe loader (no remote code)
+    student = load_causal_lm(str(src), dtype=torch.float32)  # the one safe loader (no remote code)
     target_dtype = _parse_dtype(dtype) if dtype else _config_dtype(cfg)
     llama = export_as_llama(student).to(target_dtype)
     meta = {"source_checkpoint": str(src.resolve()), "dtype": str(target_dtype).replace("torch.", ""),

@@ -162,9 +162,9 @@ def model_heldout_perplexity(model: str, data: str, data_max_len: int = 1024, ba
     in fp32 and score it on ``data`` (any format ``lrc.data.build_dataset`` reads, tokenized with the
     model's own tokenizer)."""
     from .data import build_dataset
-    from .teacher import load_teacher, load_tokenizer
+    from .teacher import load_causal_lm, load_tokenizer
 
-    lm = load_teacher(model, dtype=torch.float32, device=device)
+    lm = load_causal_lm(model, dtype=torch.float32, device=device)
     ds = build_dataset(data, data_max_len, lm.config.vocab_size, load_tokenizer(model), text_field)
     return heldout_perplexity(lm, ds, batch_size, max_sequences)
 

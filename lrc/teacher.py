@@ -72,7 +72,14 @@ def load_teacher_config(path: str) -> PretrainedConfig:
 
 def load_teacher(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None,
                  device: str | torch.device | None = None):
-    """Load a teacher causal LM, frozen, in eval mode.
+    """Load the teacher: ``load_causal_lm`` (frozen, eval mode; a supported family only)."""
+    return load_causal_lm(path, dtype, attn_implementation, device)
+
+
+def load_causal_lm(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None,
+                   device: str | torch.device | None = None):
+    """Load a causal LM of a supported family (a teacher, or a converted student), frozen, in eval mode, without
+    remote code.
 
     Args:
         path: HF model directory / hub id, or a ``.gguf`` file.
