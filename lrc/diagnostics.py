@@ -1,6 +1,6 @@
 """Training diagnostics: effective rank of hidden states, condition numbers of the projections.
 
-Logged by the trainer every ``--diagnostics_steps`` optimizer steps (``LRCTrainer.log``), beside the loss
+Logged by the trainer every ``--diagnostics_steps`` optimizer steps (``LRCTrainer._extra_logs``), beside the loss
 terms, to trainer_state.json, tensorboard and wandb:
 
 - ``erank-{student,teacher}-{mid,final}``: the entropy-based effective rank (Roy & Vetterli, 2007) of the
