@@ -18,7 +18,10 @@ def scratch_lrc(tmp_path_factory) -> Path:
     """A fresh venv (system site packages, plus this interpreter's site directories through a .pth, so torch & co. are not
     reinstalled) with this checkout installed by ``pip install -e . --no-deps``; returns its ``lrc``."""
     venv = tmp_path_factory.mktemp("venv") / "v"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    # --without-pip: pip, setuptools and wheel come from this interpreter's environment (the .pth below), not
+    # from the venv's bundled copies (an old setuptools there cannot build an editable wheel)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                   timeout=300)
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
