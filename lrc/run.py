@@ -382,8 +382,9 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
         "",
         "=" * 78,
         f"{'LRC' if lrc_run else mc} demo finished in {time.time() - t0:.0f}s",
-        *([f"recipe: --proj_init {cfg['proj_init']} --aux_loss_scale_factor {cfg['aux_loss_scale_factor']} "
-           f"--learning_rate {cfg['learning_rate']} (flags after --demo override it)"] if lrc_run else []),
+        *([f"recipe: --proj_init {cfg['proj_init']} --use_aux_loss {cfg['use_aux_loss']} --aux_loss_scale_factor "
+           f"{cfg['aux_loss_scale_factor']} --learning_rate {cfg['learning_rate']} (flags after --demo override it)"]
+          if lrc_run else []),
         f"training loss ({'CE + KL + alpha x clone' if lrc_run else mc}): step {curve[0][0]}: {curve[0][1]:.2f} -> "
         f"step {curve[-1][0]}: {curve[-1][1]:.2f}",
         f"held-out perplexity on {Path(cfg['eval_dataset']).name} ({t_ppl.tokens} predicted tokens):",
