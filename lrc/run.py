@@ -393,7 +393,10 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
         f"  ({s_ppl.ppl / t_ppl.ppl:.1f}x the teacher's)",
         *([f"  same size without LRC (--demo_baseline {base_mc}, same tokens)  ppl "
            f"{base_scores[cfg['eval_dataset']].ppl:10.1f}  ({base_scores[cfg['eval_dataset']].ppl / t_ppl.ppl:.1f}x)"]
-          if base_scores else []),
+          if base_scores else [] if not lrc_run else [
+            "  same size without LRC: --demo_baseline prune_kd trains it on the same tokens (about 5 more minutes "
+            "here); on 32K tokens of prose (docs/REPRODUCE_SMALL.md) prune_kd reached 6-7x the teacher's perplexity, "
+            "this recipe 8-10x"]),
         *[f"another domain, {Path(p).name} ({t.tokens} predicted tokens): teacher ppl {t.ppl:.1f}, student ppl "
           f"{s.ppl:.1f} ({s.ppl / t.ppl:.1f}x: what the student inherited beyond its training text)"
           + (f"; without LRC ({base_mc}) {base_scores[p].ppl:.1f} ({base_scores[p].ppl / t.ppl:.1f}x)"

@@ -187,7 +187,6 @@ DEMO: dict[str, Any] = {
     "use_aux_loss": False,  # from a pruned start the clone terms cost more than they teach at this budget
     "learning_rate": 3e-4,  # measured with the two above (1e-3 wrecks a pruned start)
     "warmup_ratio": 0.05,
-    "demo_baseline": "prune_kd",  # then the same student size without LRC, on the same tokens
     "log_steps": 5,
     "diagnostics_steps": 20,
     "save_steps": 40,
