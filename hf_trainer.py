@@ -5,14 +5,14 @@
     python hf_trainer.py --demo          # the out-of-the-box run
     python hf_trainer.py --help          # every flag, with its default and the official default
 
-Training is assembled in the library: flags in ``lrc.train_flags``, the run in ``lrc.run``.
+Training is assembled in the library: flags in ``lrc.train_flags`` (parsed by ``lrc.options``), the run in ``lrc.run``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from lrc.run import main, run, run_demo, train  # noqa: F401  (the names this script has always offered)
+from lrc.run import cli, main, run, run_demo, train  # noqa: F401  (the names this script has always offered)
 from lrc.train_flags import FLAGS, FlagError, demo_teacher_path, lrc_config_from_flags, parse_flags  # noqa: F401
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     lrc train --raw-model-name TEACHER --dataset_name SHARDS --output_dir OUT --target_hidden_size 1536
     lrc convert --ckpt-path OUT --save-path OUT/student
     lrc eval --model OUT/student --data HELDOUT.txt
+    lrc harness --model OUT/student --tasks paper
     lrc bench --teacher smollm2-135m --target-hidden-size 288
 
 ``lrc SUBCOMMAND --help`` lists that subcommand's flags. The official script names keep working verbatim
@@ -23,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("lrc.prepare_cli", "tokenize raw text / conversations into shuffled token shards + manifest"),
     "convert": ("lrc.convert_cli", "fold a trained LRC checkpoint into a standard Hugging Face model directory"),
     "eval": ("lrc.evaluate", "held-out cross-entropy and perplexity of a model (student, teacher or .gguf)"),
+    "harness": ("lrc.harness", "lm-eval benchmarks of a converted student (the paper's tasks), results.md beside "
+                               "the paper's numbers"),
     "bench": ("lrc.bench_step", "step-speed benchmark: teacher forward, student step, LRC step, their ratio"),
 }
 """Subcommand -> (module whose ``cli(argv) -> exit code`` runs it, one-line description)."""

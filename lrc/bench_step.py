@@ -20,7 +20,6 @@ loss (head + KL + CE, forward + backward) with and without token chunking at the
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -36,6 +35,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from .config import LRCConfig
+from .options import OptionError, options, run_command
 from .losses import fused_logit_losses
 from .model import LRCModel
 from .sharded_generation import generation_flops
@@ -139,44 +139,76 @@ def build(args, device, dtype):
     return teacher, lrc, student, variants
 
 
+@options(group="what to time")
+class BenchOptions:
+    """``lrc bench``'s flags."""
+
+    teacher: str = "smollm2-135m"
+    """a named shape: llama-3.2-3b | qwen2.5-3b | smollm2-135m (random weights: speed does not depend on values),
+    or a model directory (its config, random weights)"""
+    target_hidden_size: int = 288
+    """student width d_s"""
+    batch: int = 4
+    """sequences per micro-batch"""
+    seq: int = 256
+    """tokens per sequence"""
+    dtype: str | None = None
+    """fp32 | bf16 (default: bf16 on GPU, fp32 on CPU)"""
+    attn: str = "sdpa"
+    """attention implementation (sdpa | eager | flash_attention_2)"""
+    chunk_tokens: int = 1024
+    """LRC logits chunk (tokens)"""
+    gradient_checkpointing: bool = False
+    """LRC step with gradient checkpointing"""
+    warmup: int = 1
+    """untimed rounds first"""
+    iters: int = 3
+    """timed rounds (each runs every phase once)"""
+    ablations: bool = False
+    """also time LRC without clone terms / without KL, the weight generation alone, and (b) with LRC's chunked
+    fused CE instead of HF's"""
+    mlp_train: str = ""
+    """also time the LRC step with --mlp_train MODE (comma list: dense,core) and report its time and memory over
+    plain LRC"""
+    loss_memory: bool = False
+    """peak memory of the loss, chunked vs unchunked"""
+    loss_vocab: int = 128256
+    """--loss_memory: vocabulary size"""
+    loss_tokens: int = 3 * 2048
+    """--loss_memory: tokens"""
+    flops: bool = False
+    """also count the FLOPs of each phase (FLOP-model ratio)"""
+    phases: bool = False
+    """after the rounds, time the phases of the LRC step"""
+    gas: int = 1
+    """micro-batches per optimizer step: every phase runs GAS micro-batches and one optimizer step; the LRC step
+    generates the weights once per step (and, for comparison, c_lrc_step_per_micro_batch once per micro-batch)"""
+    nproc: int = 1
+    """N > 1: N data-parallel processes (DDP; gloo on CPU, NCCL with one GPU each when there are N GPUs) time the
+    LRC step with the weight generation sharded over them against unsharded, back to back, and count each rank's
+    generation FLOPs"""
+    threads: int | None = None
+    """torch CPU threads (default: torch's)"""
+    json: str | None = None
+    """also write the results to this JSON file"""
+
+
 def cli(argv: list[str] | None = None) -> int:
-    """``lrc bench`` (argparse flags; ``argv`` default: sys.argv[1:])."""
-    main(argv)
-    return 0
+    """``lrc bench`` (flags: ``--help``; ``argv`` default: sys.argv[1:]); the exit code."""
+    return run_command(BenchOptions, argv, bench, prog="lrc bench", description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="lrc bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--teacher", default="smollm2-135m", help=f"named shape {sorted(SHAPES)} or a model directory")
-    ap.add_argument("--target-hidden-size", type=int, default=288)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on GPU, fp32 on CPU")
-    ap.add_argument("--attn", default="sdpa", help="attention implementation (sdpa | eager | flash_attention_2)")
-    ap.add_argument("--chunk-tokens", type=int, default=1024, help="LRC logits chunk (tokens)")
-    ap.add_argument("--gradient-checkpointing", action="store_true", help="LRC step with gradient checkpointing")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=3, help="timed rounds (each runs every phase once)")
-    ap.add_argument("--ablations", action="store_true", help="also time LRC without clone terms / without KL, "
-                                                             "the weight generation alone, and (b) with LRC's "
-                                                             "chunked fused CE instead of HF's")
-    ap.add_argument("--mlp-train", default="", help="also time the LRC step with --mlp_train MODE (comma list: "
-                                                     "dense,core) and report its time and memory over plain LRC")
-    ap.add_argument("--loss-memory", action="store_true", help="peak memory of the loss, chunked vs unchunked")
-    ap.add_argument("--loss-vocab", type=int, default=128256)
-    ap.add_argument("--loss-tokens", type=int, default=3 * 2048)
-    ap.add_argument("--flops", action="store_true", help="also count the FLOPs of each phase (FLOP-model ratio)")
-    ap.add_argument("--phases", action="store_true", help="after the rounds, time the phases of the LRC step")
-    ap.add_argument("--gas", type=int, default=1, help="micro-batches per optimizer step: every phase runs GAS "
-                    "micro-batches and one optimizer step; the LRC step generates the weights once per step (and, "
-                    "for comparison, c_lrc_step_per_micro_batch once per micro-batch)")
-    ap.add_argument("--nproc", type=int, default=1, help="N > 1: N data-parallel processes (DDP; gloo on CPU, NCCL "
-                    "with one GPU each when there are N GPUs) time the LRC "
-                    "step with the weight generation sharded over them against unsharded, back to back, and count "
-                    "each rank's generation FLOPs")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = ap.parse_args(argv)
+    """``lrc bench`` as a script (exits with its code)."""
+    import sys
+
+    sys.exit(cli(argv))
+
+
+def bench(args: BenchOptions) -> None:
+    """Run the benchmark ``args`` describes; print (and with ``--json``, write) the results."""
+    if args.dtype not in (None, "fp32", "bf16"):
+        raise OptionError(f"--dtype must be fp32 or bf16, got {args.dtype!r}")
     if args.nproc > 1:
         return data_parallel_main(args)
     if args.threads:

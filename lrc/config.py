@@ -50,16 +50,19 @@ class LRCConfig:
 
     tie_word_emb_proj: bool = True
     """True: one projection Z_E serves both the embedding and the LM head (README recipe).
-    False: a separate head projection Z_U."""
+    False: a separate head projection Z_U (the official code's default)."""
 
     del_layers: tuple[int, ...] = ()
-    """Teacher layer indices the student drops (teacher-only layers: no projections, no losses)."""
+    """Teacher layer indices the student drops (teacher-only layers: no projections, no losses), comma-separated
+    on the command line (e.g. 3,7)."""
 
     ban_losses: tuple[str, ...] = ()
-    """Clone-term names that are neither computed nor logged (e.g. ``attn-out-sim-loss``)."""
+    """Clone-term names that are neither computed nor logged, comma-separated on the command line (e.g.
+    ``attn-out-sim-loss``; the official placeholder ``no``: none)."""
 
     ban_layers: tuple[int, ...] = ()
-    """Teacher layer indices whose clone terms are skipped (the student still computes the layer)."""
+    """Teacher layer indices whose clone terms are skipped (the student still computes the layer),
+    comma-separated on the command line."""
 
     aux_loss_type: Literal["mseloss", "mseloss_v2", "l1loss", "l1loss_v2", "nmse"] = "mseloss"
     """Distance D of the clone terms. mseloss: mean squared error over all elements; mseloss_v2:
@@ -69,10 +72,12 @@ class LRCConfig:
     teacher with a few huge activations does not let one term dominate (docs/REPRODUCE_SMALL.md)."""
 
     aux_loss_scale_factor: float = 0.2
-    """alpha: weight of every clone term (plain sum over layers and terms, LRC_SPEC §3.1)."""
+    """alpha: weight of every clone term (plain sum over layers and terms, LRC_SPEC §3.1). README recipe; the
+    official code's default is 1.0."""
 
     kl_temperature: float = 40.0
-    """tau: softmax temperature of KL(teacher || student). No tau^2 factor (as the official code)."""
+    """tau: softmax temperature of KL(teacher || student). No tau^2 factor (as the official code). README recipe;
+    the official code's default is 10.0."""
 
     kl_reduction: Literal["sequence_sum", "token_mean"] = "sequence_sum"
     """sequence_sum: KL summed over tokens, divided by the number of sequences (official code,

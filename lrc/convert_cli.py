@@ -18,64 +18,95 @@ from __future__ import annotations
 import logging
 import sys
 
-import fire
-
-from .errors import run_cli
-from .convert import ConversionError, convert_checkpoint
-
-_IGNORED_OFFICIAL = ("tie_n", "use_aux_loss", "use_std_like_attn", "check_data_cls_loss", "gpus")
+from .convert import convert_checkpoint
+from .options import from_keywords, options, run_command
 
 
-def main(
-    ckpt_path: str,
-    save_path: str,
-    raw_model_name: str | None = None,
-    target_hidden_size: int | None = None,
-    use_all_attn: bool | None = None,
-    use_in_out_mlp: bool | None = None,
-    tie_word_emb_proj: bool | None = None,
-    target_rms_norm_eps: float | None = None,
-    del_layers: str | None = None,
-    dtype: str | None = None,
-    overwrite: bool = False,
-    export_arch: str | None = None,
-    tokenizer: str | None = None,
-    **official_unused,
-) -> None:
-    """Convert an LRC checkpoint.
+@options(group="what to convert, where")
+class ConvertOptions:
+    """``lrc convert``'s flags."""
 
-    Args:
-        ckpt_path: weights file, checkpoint-N directory or training output directory.
-        save_path: output directory for the standard HF student (written atomically).
-        raw_model_name: teacher directory / .gguf file; overrides the stored teacher path.
-        target_hidden_size: optional check against the stored config (official: inferred).
-        use_all_attn: optional check (official checkpoints: inferred from the tensors).
-        use_in_out_mlp: optional check (official checkpoints: inferred from the tensors).
-        tie_word_emb_proj: optional check (official checkpoints: inferred from the tensors).
-        target_rms_norm_eps: optional check; for official checkpoints the eps they were trained with.
-        del_layers: optional check; for official checkpoints the dropped teacher layers.
-        dtype: output dtype (float32 | bfloat16 | float16); default: the teacher's.
-        overwrite: replace a non-empty --save-path.
-        export_arch: "llama": write a Qwen2-family student as an equivalent Llama checkpoint.
-        tokenizer: the student's tokenizer (default: the teacher's; a teacher without one gives a
-            student without one, with a warning).
-    """
-    for k in official_unused:
-        if k.replace("-", "_") not in _IGNORED_OFFICIAL:
-            raise ConversionError(f"unknown flag --{k.replace('_', '-')}")
-        logging.warning("--%s is irrelevant to conversion and is ignored", k.replace("_", "-"))
-    flags = dict(target_hidden_size=target_hidden_size, use_all_attn=use_all_attn, use_in_out_mlp=use_in_out_mlp,
-                 tie_word_emb_proj=tie_word_emb_proj, target_rms_norm_eps=target_rms_norm_eps, del_layers=del_layers)
-    out = convert_checkpoint(ckpt_path, save_path, raw_model_name=raw_model_name, flags=flags, dtype=dtype,
-                             overwrite=overwrite, export_arch=export_arch, tokenizer=tokenizer)
+    ckpt_path: str | None = None
+    """required: the weights file, a checkpoint-N directory or a training output directory"""
+    save_path: str | None = None
+    """required: the output directory of the standard HF student (written atomically)"""
+    raw_model_name: str | None = None
+    """the teacher directory / .gguf file; overrides the stored teacher path (needed for official checkpoints)"""
+    dtype: str | None = None
+    """output dtype: float32 | bfloat16 | float16 (default: the teacher's)"""
+    overwrite: bool = False
+    """replace a non-empty --save_path"""
+    export_arch: str | None = None
+    """llama: write a Qwen2-family student as an equivalent Llama checkpoint"""
+    tokenizer: str | None = None
+    """the student's tokenizer (default: the teacher's; a teacher without one gives a student without one, with a
+    warning)"""
+
+
+@options(group="checks against the stored config (official checkpoints: their variant)")
+class StoredConfigChecks:
+    """Optional: each must agree with the checkpoint's stored LRC config; official checkpoints are read with these
+    (their variant is otherwise inferred from the tensors)."""
+
+    target_hidden_size: int | None = None
+    """the student width d_s (official checkpoints: inferred)"""
+    use_all_attn: bool | None = None
+    """separate q/k/v projections (official checkpoints: inferred from the tensors)"""
+    use_in_out_mlp: bool | None = None
+    """shared gate/up projection (official checkpoints: inferred from the tensors)"""
+    tie_word_emb_proj: bool | None = None
+    """one projection for embedding and head (official checkpoints: inferred from the tensors)"""
+    target_rms_norm_eps: float | None = None
+    """for official checkpoints: the epsilon they were trained with"""
+    del_layers: str | None = None
+    """for official checkpoints: the dropped teacher layers, comma-separated"""
+
+
+@options(group="official training flags, irrelevant to conversion (ignored with a warning)")
+class IgnoredOfficialFlags:
+    """Flags the official conversion command passes along that change nothing here."""
+
+    tie_n: str | None = None
+    """ignored"""
+    use_aux_loss: str | None = None
+    """ignored"""
+    use_std_like_attn: str | None = None
+    """ignored"""
+    check_data_cls_loss: str | None = None
+    """ignored"""
+    gpus: str | None = None
+    """ignored"""
+
+
+OPTION_GROUPS = (ConvertOptions, StoredConfigChecks, IgnoredOfficialFlags)
+
+
+def convert(opts: ConvertOptions, checks: StoredConfigChecks | None = None,
+            ignored: IgnoredOfficialFlags | None = None) -> None:
+    """Convert ``opts.ckpt_path`` into ``opts.save_path`` and say where it went."""
+    for k, v in vars(ignored or IgnoredOfficialFlags()).items():
+        if v is not None:
+            logging.warning("--%s is irrelevant to conversion and is ignored", k.replace("_", "-"))
+    flags = vars(checks or StoredConfigChecks())
+    out = convert_checkpoint(opts.ckpt_path, opts.save_path, raw_model_name=opts.raw_model_name, flags=flags,
+                             dtype=opts.dtype, overwrite=opts.overwrite, export_arch=opts.export_arch,
+                             tokenizer=opts.tokenizer)
     print(f"converted student written to {out}\n"
           f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
+def main(ckpt_path: str, save_path: str, **flags) -> None:
+    """``convert`` for keyword arguments (the official script's ``main``)."""
+    convert(*from_keywords(OPTION_GROUPS, {"ckpt_path": ckpt_path, "save_path": save_path, **flags},
+                            prog="lrc convert"))
+
+
 def cli(argv: list[str] | None = None) -> int:
-    """``lrc convert`` (fire flags; ``argv`` default: sys.argv[1:]); the exit code of ``lrc.errors.run_cli``."""
+    """``lrc convert`` (flags: ``--help``; ``argv`` default: sys.argv[1:]); the exit code of ``lrc.errors.run_cli``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--help" in argv or "-h" in argv:  # fire's help, not its "missing CKPT_PATH" usage error (exit 2)
-        argv = ["--", "--help"]
-    return run_cli(lambda: fire.Fire(main, command=argv, name="convert"))
+    return run_command(OPTION_GROUPS, argv, convert, prog="lrc convert", description=__doc__,
+                       required=("ckpt_path", "save_path"))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

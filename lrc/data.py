@@ -10,7 +10,7 @@ tensors of length ``S = data_max_len``:
   Labels are *unshifted* (HF convention): the model shifts them for next-token prediction.
 
 ``collate_batch`` stacks items to ``(B, S)``; ``build_dataset`` picks the reader from the path (token-shard
-directories written by ``data/prepare.py`` -> ``TokenShardDataset``).
+directories written by ``lrc prepare`` -> ``TokenShardDataset``, format: ``lrc.token_shards``).
 Bad input raises :class:`DataError` whose message names the file and, where there is one, the 1-based line.
 """
 
@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .data_check import cached_index, check_ids, line_number_at
-from .errors import LRCError
-from .file_cache import cached_json
+from .errors import DataError
+from .token_shards import MANIFEST, ShardReader, frame_ids, read_manifest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -46,10 +46,6 @@ ACCEPTED_FORMATS = ("a .jsonl file (pre-tokenized {{\"input_ids\": [...]}} or {{
 
 _TOKENIZE_BATCH_DOCS = 512  # documents per fast-tokenizer batch call ...
 _TOKENIZE_BATCH_CHARS = 1 << 20  # ... or fewer, once the batch holds this many characters
-
-
-class DataError(LRCError, ValueError):
-    """Bad training data: the message names the file, the 1-based line where there is one, and what was expected."""
 
 
 Item = dict[str, torch.Tensor]
@@ -247,7 +243,8 @@ class TextDataset(Dataset):
 
     Inputs: plain text (``.txt``; ``.txt.xz`` / ``.xz`` read with lzma; documents are separated by blank lines)
     or jsonl with a ``text_field`` string per line (``.jsonl``, ``.jsonl.xz``). Each document is framed
-    ``BOS text EOS`` (BOS only if ``tokenizer.bos_token_id`` is not None, EOS likewise), tokenized with
+    ``BOS text EOS`` (``lrc.token_shards.frame_ids("bos_eos", ...)``: BOS only if ``tokenizer.bos_token_id`` is not
+    None, EOS likewise), tokenized with
     ``add_special_tokens=False`` in batches (fast-tokenizer batch encode), and all documents of all files, in
     order, are concatenated into one token stream, ``tokens``: (T,) int32, kept in RAM. Sequence i is
     ``tokens[i*S:(i+1)*S]``; the final partial sequence is dropped (``dropped_tokens``), unless the whole text
@@ -270,9 +267,7 @@ class TextDataset(Dataset):
         for p in self.paths:
             if not os.path.isfile(p):
                 raise DataError(f"{p}: no such file")
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        prefix = [] if bos is None else [int(bos)]
-        suffix = [] if eos is None else [int(eos)]
+        prefix, suffix = frame_ids("bos_eos", tokenizer.bos_token_id, tokenizer.eos_token_id)
 
         chunks: list[np.ndarray] = []
         self.num_documents = 0
@@ -329,101 +324,41 @@ class TextDataset(Dataset):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Token shards (data/prepare.py)
+# Token shards (lrc prepare)
 # --------------------------------------------------------------------------------------------------------------
 
-SHARD_MANIFEST = "manifest.json"
-
-
 class TokenShardDataset(Dataset):
-    """Token shards written by ``data/prepare.py``: a directory with ``manifest.json`` and raw ``.bin`` shards.
+    """Token shards written by ``lrc prepare``: a directory with ``manifest.json`` and raw ``.bin`` shards (the
+    format: ``lrc.token_shards``).
 
     Each shard holds ``num_sequences`` sequences of ``seq_len`` tokens, contiguous, ``dtype`` uint16 or uint32
-    (from the manifest). Sequences are memory-mapped (``np.memmap``, opened lazily in each process, so the dataset
-    pickles for DataLoader workers) and item ``i`` is ``{"input_ids": (data_max_len,)}`` long: the first
-    ``data_max_len`` tokens of sequence ``i`` (shards longer than ``data_max_len`` are cut; shorter ones, or a
-    manifest ``vocab_size`` larger than the model's, raise :class:`DataError` naming the manifest).
+    (from the manifest). Sequences are memory-mapped (``lrc.token_shards.ShardReader``: opened lazily in each
+    process, so the dataset pickles for DataLoader workers) and item ``i`` is ``{"input_ids": (data_max_len,)}``
+    long: the first ``data_max_len`` tokens of sequence ``i`` (shards longer than ``data_max_len`` are cut; shorter
+    ones, or a manifest ``vocab_size`` larger than the model's, raise :class:`DataError` naming the manifest).
     """
 
     def __init__(self, path: PathLike, data_max_len: int, vocab_size: int) -> None:
         self.path = os.fspath(path)
         self.data_max_len = _check_max_len(data_max_len)
-        self.manifest_path = os.path.join(self.path, SHARD_MANIFEST)
-        mp = self.manifest_path
-        if not os.path.isfile(mp):
-            raise DataError(f"{self.path}: no {SHARD_MANIFEST}; expected a token-shard directory written by "
-                            "data/prepare.py")
-        try:
-            with open(mp, "rb") as f:
-                m = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{mp}: not valid JSON ({e})") from None
-        if not isinstance(m, dict):
-            raise DataError(f"{mp}: expected a JSON object")
-        for key in ("seq_len", "dtype", "vocab_size", "shards"):
-            if key not in m:
-                raise DataError(f"{mp}: missing '{key}'")
-        if m["dtype"] not in ("uint16", "uint32"):
-            raise DataError(f"{mp}: dtype {m['dtype']!r} is not uint16 or uint32")
-        self.seq_len = int(m["seq_len"])
-        self.dtype = np.dtype(m["dtype"])
+        self.manifest_path = mp = os.path.join(self.path, MANIFEST)
+        self.manifest = m = read_manifest(self.path)
+        self.seq_len = m.seq_len
+        self.dtype = np.dtype(m.dtype)
         if self.seq_len < self.data_max_len:
             raise DataError(f"{mp}: sequences of {self.seq_len} tokens are shorter than data_max_len "
                             f"{self.data_max_len}; re-run data/prepare.py with --data-max-len {self.data_max_len}")
-        if int(m["vocab_size"]) > vocab_size:
-            raise DataError(f"{mp}: tokenized with a vocabulary of {m['vocab_size']} tokens, but the model has "
+        if m.vocab_size > vocab_size:
+            raise DataError(f"{mp}: tokenized with a vocabulary of {m.vocab_size} tokens, but the model has "
                             f"{vocab_size}; is it the teacher's tokenizer?")
-        self.manifest = m
-        self.shard_files: list[str] = []
-        counts = []
-        for sh in m["shards"]:
-            fp = os.path.join(self.path, sh["file"])
-            n = int(sh["num_sequences"])
-            want = n * self.seq_len * self.dtype.itemsize
-            if not os.path.isfile(fp):
-                raise DataError(f"{mp}: shard {sh['file']} is missing")
-            if os.path.getsize(fp) != want:
-                raise DataError(f"{mp}: shard {sh['file']} has {os.path.getsize(fp)} bytes, expected {want} "
-                                f"({n} sequences x {self.seq_len} x {self.dtype.itemsize})")
-            top = cached_json("token-shard-max", fp, lambda fp=fp, n=n: int(np.memmap(
-                fp, dtype=self.dtype, mode="r", shape=(n, self.seq_len)).max()) if n else 0, self.dtype.str)
-            if top >= vocab_size:
-                raise DataError(f"{fp}: token id {top} >= vocab size {vocab_size}; is it the teacher's tokenizer?")
-            self.shard_files.append(fp)
-            counts.append(n)
-        self.starts: np.ndarray = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # (num_shards+1,)
-        if self.starts[-1] == 0:
-            raise DataError(f"{mp}: no sequences")
-        if "num_sequences" in m and int(m["num_sequences"]) != int(self.starts[-1]):
-            raise DataError(f"{mp}: num_sequences {m['num_sequences']} != {int(self.starts[-1])} in the shards")
-        self._maps: list[np.ndarray | None] = [None] * len(self.shard_files)
-        self._pid: int | None = None
+        self.shards = ShardReader(self.path, m, vocab_size)
 
     def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_maps"] = [None] * len(self.shard_files)
-        state["_pid"] = None
-        return state
-
-    def _shard(self, k: int) -> np.ndarray:
-        if self._pid != os.getpid():
-            self._maps = [None] * len(self.shard_files)
-            self._pid = os.getpid()
-        mm = self._maps[k]
-        if mm is None:
-            n = int(self.starts[k + 1] - self.starts[k])
-            mm = np.memmap(self.shard_files[k], dtype=self.dtype, mode="r", shape=(n, self.seq_len))
-            self._maps[k] = mm
-        return mm
+        return len(self.shards)
 
     def sequence(self, index: int) -> np.ndarray:
         """The full stored sequence ``index``: (seq_len,) of the manifest dtype."""
-        i = _index(index, len(self))
-        k = int(np.searchsorted(self.starts, i, side="right")) - 1
-        return self._shard(k)[i - int(self.starts[k])]
+        return self.shards.sequence(_index(index, len(self)))
 
     def __getitem__(self, index: int) -> Item:
         """-> {"input_ids": (data_max_len,) long}."""
@@ -486,7 +421,7 @@ def _text_dataset(paths: list[str], tokenizer: PreTrainedTokenizerBase | None, d
 def _check_single(path: str, text_field: str) -> None:
     """Raise DataError unless ``path`` is an existing file of an accepted format."""
     if os.path.isdir(path):
-        raise DataError(f"{path}: a directory without {SHARD_MANIFEST}; expected a token-shard directory written "
+        raise DataError(f"{path}: a directory without {MANIFEST}; expected a token-shard directory written "
                         "by data/prepare.py, or a .jsonl or text file")
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or directory")
@@ -509,7 +444,7 @@ def build_dataset(path: PathLike, data_max_len: int, vocab_size: int,
     ``no_tokenizer``: why ``tokenizer`` is None, for the error when the data turn out to be text.
     """
     path = os.fspath(path)
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, SHARD_MANIFEST)):
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST)):
         return TokenShardDataset(path, data_max_len, vocab_size)
     if "," in path and not os.path.exists(path):
         parts = [p.strip() for p in path.split(",") if p.strip()]

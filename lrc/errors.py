@@ -40,6 +40,11 @@ class LRCError(Exception):
     code without printing the line a second time."""
 
 
+class DataError(LRCError, ValueError):
+    """Bad training data: the message names the file, the 1-based line where there is one, and what was expected.
+    (``lrc.data``, ``lrc.token_shards`` and ``lrc.prepare`` raise it; ``lrc.data.DataError`` is the same class.)"""
+
+
 class InterruptedRun(LRCError):
     """A signal stopped the run before there was anything to save."""
 

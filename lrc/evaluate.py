@@ -17,6 +17,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .data import collate_batch
+from .options import options, run_command
 
 
 @dataclass
@@ -169,24 +170,37 @@ def model_heldout_perplexity(model: str, data: str, data_max_len: int = 1024, ba
     return heldout_perplexity(lm, ds, batch_size, max_sequences)
 
 
-def main(model: str, data: str, data_max_len: int = 1024, batch_size: int = 4, max_sequences: int = 0,
-         text_field: str = "text") -> None:
-    """``python -m lrc.evaluate --model DIR_OR_GGUF --data FILE``: held-out CE and perplexity of a model.
+@options(group="what to score, on what")
+class EvalOptions:
+    """``lrc eval``'s flags."""
 
-    ``model``: a converted student directory, a teacher directory, or a teacher ``.gguf`` file;
-    ``data``: any format ``lrc.data.build_dataset`` reads (tokenized with the model's tokenizer).
-    """
-    r = model_heldout_perplexity(model, data, data_max_len, batch_size, max_sequences or None, text_field)
-    print(f"{model}: {r.tokens} predicted tokens of {data} (sequences of {data_max_len}): ce {r.ce:.4f}  ppl {r.ppl:.2f}")
+    model: str | None = None
+    """required: a converted student directory, a teacher directory, or a teacher .gguf file"""
+    data: str | None = None
+    """required: held-out data, any format the training reads (tokenized with the model's own tokenizer)"""
+    data_max_len: int = 1024
+    """sequence length"""
+    batch_size: int = 4
+    """sequences per forward pass"""
+    max_sequences: int = 0
+    """score the first N sequences only (0: all)"""
+    text_field: str = "text"
+    """field holding the text in a text jsonl"""
+
+
+def evaluate(opts: EvalOptions) -> HeldoutResult:
+    """Score ``opts.model`` on ``opts.data`` and print one line: tokens, CE and perplexity."""
+    r = model_heldout_perplexity(opts.model, opts.data, opts.data_max_len, opts.batch_size,
+                                 opts.max_sequences or None, opts.text_field)
+    print(f"{opts.model}: {r.tokens} predicted tokens of {opts.data} (sequences of {opts.data_max_len}): "
+          f"ce {r.ce:.4f}  ppl {r.ppl:.2f}")
+    return r
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``lrc eval`` (fire flags; ``argv`` default: sys.argv[1:]); the exit code of ``lrc.errors.run_cli``."""
-    import fire
-
-    from .errors import run_cli
-
-    return run_cli(lambda: fire.Fire(main, command=argv, name="eval"))
+    """``lrc eval`` (flags: ``--help``; ``argv`` default: sys.argv[1:]); the exit code of ``lrc.errors.run_cli``."""
+    return run_command(EvalOptions, argv, evaluate, prog="lrc eval", description=__doc__,
+                       required=("model", "data"))
 
 
 if __name__ == "__main__":

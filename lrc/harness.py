@@ -3,10 +3,12 @@
 One implementation of the task lists, the reported metric per task, batch sizes and the paper's
 numbers; ``scripts/eval.sh`` is a thin wrapper over this module's CLI::
 
-    python -m lrc.harness --model runs/demo/student --tasks paper            # the paper's 9 tasks
-    python -m lrc.harness --model DIR --tasks all --device cuda               # spec §10's 12 tasks
-    python -m lrc.harness --model DIR --tasks arc_easy,piqa --fewshot 5 --limit 100
-    python -m lrc.harness --model DIR --tasks my_task --include_path my_tasks/  # custom local tasks
+    lrc harness --model runs/demo/student --tasks paper            # the paper's 9 tasks
+    lrc harness --model DIR --tasks all --device cuda               # spec §10's 12 tasks
+    lrc harness --model DIR --tasks arc_easy,piqa --fewshot 5 --limit 100
+    lrc harness --model DIR --tasks my_task --include_path my_tasks/  # custom local tasks
+
+(``python -m lrc.harness`` is the same command.)
 
 The model is loaded with lm-eval's ``hf`` backend (plain ``AutoModelForCausalLM``, no remote code).
 Tasks are grouped by batch size and each group is one ``lm_eval.simple_evaluate`` call. Written to
@@ -20,7 +22,6 @@ the same evaluator as ``python -m lrc.evaluate`` and the benchmarks.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import Any
 
 from .checkpoint import WEIGHTS_NAME, list_checkpoints
 from .errors import LRCError
+from .options import options, run_command
 
 log = logging.getLogger(__name__)
 
@@ -356,28 +358,38 @@ def evaluate(cfg: HarnessConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lrc.harness",
-        description="lm-eval benchmarks of a converted LRC student (spec Part B §10).",
-        epilog=f"Tasks: 'paper' = {','.join(PAPER_TASKS)}; 'all' = {','.join(ALL_TASKS)}. "
-               "Offline: set HF_DATASETS_OFFLINE=1 with the datasets in the HF cache, or use --include_path.")
-    p.add_argument("--model", required=True, help="converted student directory (standard HF checkpoint)")
-    p.add_argument("--tasks", default="paper", help="paper | all | comma-separated task names (default: paper)")
-    p.add_argument("--fewshot", type=int, default=0, help="number of few-shot examples for every task (default 0)")
-    p.add_argument("--output_dir", default=None, help="where results go (default: MODEL/eval/<tasks>-<N>shot)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: fp32 on CPU)")
-    p.add_argument("--batch_size", type=int, default=None, help="override every per-task batch size")
-    p.add_argument("--limit", type=float, default=None, help="documents per task (smoke tests; not a full score)")
-    p.add_argument("--include_path", default=None, help="directory of custom lm-eval task YAMLs")
-    p.add_argument("--reference", default=None, help='JSON {"task": score in [0,1]} shown beside the results')
-    p.add_argument("--heldout", default=None, help="also report held-out perplexity on this text / jsonl file")
-    p.add_argument("--heldout_max_len", type=int, default=1024, help="sequence length for --heldout")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
-                   help="lm-eval backend: hf (default) or vllm (needs vLLM and a GPU; not verified in this repo's CI)")
-    return p
+@options(group="what to evaluate, how")
+class HarnessOptions:
+    """``lrc harness`` / ``python -m lrc.harness`` flags (validated into a ``HarnessConfig``)."""
+
+    model: str | None = None
+    """required: the converted student directory (a standard HF checkpoint)"""
+    tasks: str = "paper"
+    """paper (the paper's 9 zero-shot tasks) | all (the official eval.sh's 12) | comma-separated task names"""
+    fewshot: int = 0
+    """number of few-shot examples for every task"""
+    output_dir: str | None = None
+    """where results go (default: MODEL/eval/<tasks>-<N>shot)"""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
+    dtype: str = "auto"
+    """auto | float32 | bfloat16 | float16 (auto: fp32 on CPU)"""
+    batch_size: int | None = None
+    """override every per-task batch size"""
+    limit: float | None = None
+    """documents per task (smoke tests; not a full score)"""
+    include_path: str | None = None
+    """directory of custom lm-eval task YAMLs"""
+    reference: str | None = None
+    """a JSON file {"task": score in [0,1]} shown beside the results"""
+    heldout: str | None = None
+    """also report held-out perplexity on this text / jsonl file"""
+    heldout_max_len: int = 1024
+    """sequence length for --heldout"""
+    seed: int = 1234
+    """lm-eval's seed"""
+    backend: str = "hf"
+    """lm-eval backend: hf | vllm (needs vLLM and a GPU; not verified in this repo's CI)"""
 
 
 def _load_reference(path: str | None) -> dict[str, float]:
@@ -392,8 +404,10 @@ def _load_reference(path: str | None) -> dict[str, float]:
     return {ALIASES.get(k, k): float(v) for k, v in d.items()}
 
 
-def config_from_args(args: argparse.Namespace) -> HarnessConfig:
+def config_from_args(args: HarnessOptions) -> HarnessConfig:
     """Validate the parsed flags into a ``HarnessConfig`` (raises ``HarnessError``)."""
+    if args.backend not in ("hf", "vllm"):
+        raise HarnessError(f"--backend {args.backend!r}: expected hf or vllm")
     if args.fewshot < 0:
         raise HarnessError(f"--fewshot {args.fewshot}: expected a number >= 0")
     if args.batch_size is not None and args.batch_size < 1:
@@ -430,21 +444,27 @@ def _lm_eval_task_names(include_path: str | None) -> set[str]:
     return set(_task_manager(include_path).all_tasks)
 
 
+def run(opts: HarnessOptions) -> None:
+    """Evaluate, print the results table and say where the files went."""
+    cfg = config_from_args(opts)
+    summary = evaluate(cfg)
+    print((Path(cfg.output_dir) / "results.md").read_text(), end="")
+    print(f"results written to {cfg.output_dir}/results.json and results.md ({summary['seconds']} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: one ``error:`` line and its exit code on bad input (``lrc.errors.run_cli``)."""
-    from .errors import run_cli
+    epilog = (f"Tasks: 'paper' = {','.join(PAPER_TASKS)}; 'all' = {','.join(ALL_TASKS)}. Offline: set "
+              "HF_DATASETS_OFFLINE=1 with the datasets in the HF cache, or use --include_path.")
+    return run_command(HarnessOptions, argv, run, prog="lrc harness", description=f"{__doc__}\n{epilog}",
+                       required=("model",))
 
-    args = build_parser().parse_args(argv)
 
-    def go() -> None:
-        cfg = config_from_args(args)
-        summary = evaluate(cfg)
-        print((Path(cfg.output_dir) / "results.md").read_text(), end="")
-        print(f"results written to {cfg.output_dir}/results.json and results.md ({summary['seconds']} s)")
-
-    return run_cli(go)
+def cli(argv: list[str] | None = None) -> int:
+    """``lrc harness``: ``main`` with lm-eval's progress logged (LOGLEVEL, default INFO)."""
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    return main(argv)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(cli())

@@ -13,9 +13,9 @@
         --output_dir ../ckpts --str_ban_losses no --tie_word_emb_proj 1 --use_all_attn 1 \\
         --aux_loss_scale_factor 0.2
 
-``lrc train --help`` prints every flag with its default and the official default where
-they differ (also in docs/TRAINING.md). ``--flag-name`` and ``--flag_name`` are the same flag
-(python-fire). Outputs go exactly to ``--output_dir``: ``checkpoint-N/`` every ``--save_steps`` and
+``lrc train --help`` prints every flag with its doc, its default and the official default where
+they differ (also in docs/TRAINING.md). ``--flag-name`` and ``--flag_name`` are the same flag; a
+``--config recipe.yaml`` gives flags from a file, and the command line overrides it (``lrc.options``). Outputs go exactly to ``--output_dir``: ``checkpoint-N/`` every ``--save_steps`` and
 the final weights (``lrc_weights.safetensors`` + ``lrc_config.json``) at its root.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .console import is_main_process, say, warn
-from .train_flags import FlagError, help_text, lrc_config_from_flags, parse_flags
+from .train_flags import FlagError, help_text, lrc_config_from_flags, parse_argv, parse_flags
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -420,33 +420,33 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def run(raw_flags: dict[str, Any], trainer_cls=None) -> int:
-    """Parse flags, train (or run the demo); the exit code of ``lrc.errors`` (0 done, 2 bad input, 3 non-finite
-    loss, 75 stopped by a signal after saving, 130 interrupted)."""
+def _run_parsed(parse, trainer_cls=None) -> int:
+    """Parse (``parse()`` -> flag dict), then train or run the demo; the exit code of ``lrc.errors`` (0 done, 2 bad
+    input, 3 non-finite loss, 75 stopped by a signal after saving, 130 interrupted)."""
     from lrc.errors import run_cli
 
-    if raw_flags.get("help"):
-        print(help_text(__doc__))
-        return 0
-
     def go() -> None:
-        cfg = parse_flags(raw_flags)
+        cfg = parse()
         (run_demo if cfg["demo"] else train)(cfg, trainer_cls)
 
     return run_cli(go)
 
 
+def run(raw_flags: dict[str, Any], trainer_cls=None) -> int:
+    """``lrc train`` for flags held in a dict ({name: value}); the exit code (see ``_run_parsed``)."""
+    return _run_parsed(lambda: parse_flags(raw_flags), trainer_cls)
+
+
 def main(**flags: Any) -> None:
+    """``run(flags)``, then exit with its code (the official script's ``main``)."""
     sys.exit(run(flags))
 
 
-def cli(argv: list[str] | None = None) -> int:
+def cli(argv: list[str] | None = None, trainer_cls=None) -> int:
     """``lrc train`` (flags as ``--help`` lists them; ``argv`` default: sys.argv[1:]); the exit code."""
-    import fire
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text(__doc__))
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        fire.Fire(main, command=argv, name="train")
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    return 0
+    return _run_parsed(lambda: parse_argv(argv), trainer_cls)

@@ -1,5 +1,9 @@
-"""The training command's flags: the table (defaults, types, help, official defaults), parsing, validation,
-and the demo's values. ``parse_flags(raw) -> cfg`` gives the complete, typed flag dict ``lrc.run.train`` reads.
+"""The training command's flags: typed option dataclasses (their field docs are ``lrc train --help``), parsing,
+validation, and the demo's values. ``parse_argv(argv)`` / ``parse_flags(dict)`` give the complete, typed flag dict
+``lrc.run.train`` reads.
+
+The method's flags are made from ``LRCConfig`` itself (``MethodFlags``: same names, defaults and docs), so the
+method has one source; the other groups are the dataclasses below. Parsing is ``lrc.options`` (HfArgumentParser).
 
 Every flag of the official command line is accepted verbatim (``--flag-name`` and ``--flag_name`` are the
 same flag); dead official flags warn, buggy ones are refused (``_DEAD``).
@@ -7,12 +11,14 @@ same flag); dead official flags warn, buggy ones are refused (``_DEAD``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-from dataclasses import dataclass
+import typing
 from pathlib import Path
 from typing import Any
 
-from .config import LRCConfigError
+from .config import LRCConfig
+from .options import OptionError, OptionParser, dict_to_argv, field_docs, help_escape, options
 from .console import say, warn  # noqa: F401  (say: re-exported for callers of this module)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,141 +26,225 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 
-class FlagError(LRCConfigError):
-    """A command-line flag is unknown, malformed or contradicts another (one-line message)."""
+FlagError = OptionError
+"""A command-line flag is unknown, malformed or contradicts another (one-line message)."""
 
 
-@dataclass(frozen=True)
-class Flag:
-    default: Any
-    kind: str  # "str" | "int" | "float" | "bool" | "list" | "bool_auto"
-    help: str
-    official: str | None = None  # the official code's default, when it differs from ours
+@options(group="what to train, on what, where")
+class RunTarget:
+    """The teacher, the data, the outputs and the kind of student."""
+
+    raw_model_name: str | None = None
+    """required: the teacher, an HF model directory / hub id or a .gguf file [official default:
+    ../models/Meta-Llama-3-8B-Instruct]"""
+    dataset_name: str | None = None
+    """required: the training data: packed jsonl {"input_ids": [...]} (the official format), text jsonl
+    {"text": ...}, .txt/.txt.xz, comma-separated text files, or a token-shard directory written by `lrc prepare`
+    [official default: ../datasets/squad_v2]"""
+    output_dir: str | None = None
+    """required: EXACTLY where outputs go: checkpoint-N/ and the final weights at its root [official: ../ckpts,
+    then a run dir {tags}/{MMDDHH}/ below it]"""
+    model_cls: str = "distill"
+    """distill (LRC) | origin (random-init student, CE only) | only_kd (+ KL) | prune_kd (CE + KL from the
+    width-pruned teacher, Minitron-style; --calib_data, --calib_tokens) | tiny_bert (+ KL + hidden-state and
+    attention-map MSE); the baselines train the LRC student's architecture and save a standard HF checkpoint"""
+    tiny_bert_attn_loss: bool = True
+    """tiny_bert: add the attention-map MSE (official; forces eager attention)"""
+    data_max_len: int = 1024
+    """sequence length S (packed lines are cut to it, shorter ones padded + masked)"""
+    text_field: str = "text"
+    """field holding the text in a text jsonl"""
+    tokenizer: str | None = None
+    """tokenizer for text data, when the teacher has none (default: the teacher's)"""
+    eval_dataset: str | None = None
+    """held-out data (same formats): logs eval_ce / eval_ppl of the student"""
+    eval_steps: int | None = None
+    """evaluate every N steps (default: --save_steps)"""
+    eval_max_sequences: int = 0
+    """evaluate on the first N held-out sequences only (0: all)"""
+    calib_data: str | None = None
+    """--proj_init activation / --model_cls prune_kd: calibration text or token data (same formats as
+    --dataset_name; default: the training data)"""
+    calib_tokens: int = 4096
+    """--proj_init activation / --model_cls prune_kd: calibration tokens (whole sequences, from the start)"""
 
 
-REQUIRED = object()
+@options(group="optimisation")
+class Optimisation:
+    """The optimizer, the schedule, the batch and the compute."""
 
-FLAGS: dict[str, Flag] = {
-    # --- what to train, on what, where
-    "raw_model_name": Flag(REQUIRED, "str", "teacher: HF model directory / hub id, or a .gguf file",
-                           "../models/Meta-Llama-3-8B-Instruct"),
-    "dataset_name": Flag(REQUIRED, "str", "training data: packed jsonl {\"input_ids\": [...]} (official format), "
-                         "text jsonl {\"text\": ...}, .txt/.txt.xz, comma-separated text files, or a token-shard "
-                         "directory written by data/prepare.py", "../datasets/squad_v2"),
-    "output_dir": Flag(REQUIRED, "str", "EXACTLY where outputs go: checkpoint-N/ and the final weights at its root",
-                       "../ckpts, then a run dir {tags}/{MMDDHH}/ below it"),
-    "target_hidden_size": Flag(REQUIRED, "int", "student hidden size d_s (< teacher hidden size)", "1024"),
-    "model_cls": Flag("distill", "str", "distill (LRC) | origin (random-init student, CE only) | only_kd (+ KL) | "
-                      "prune_kd (CE + KL from the width-pruned teacher, Minitron-style; --calib_data, "
-                      "--calib_tokens) | tiny_bert (+ KL + hidden-state and attention-map MSE); the baselines "
-                      "train the LRC student's architecture and save a standard HF checkpoint"),
-    "tiny_bert_attn_loss": Flag(True, "bool", "tiny_bert: add the attention-map MSE (official; forces eager "
-                                "attention)"),
-    "data_max_len": Flag(1024, "int", "sequence length S (packed lines are cut to it, shorter ones padded + masked)"),
-    "text_field": Flag("text", "str", "field holding the text in a text jsonl"),
-    "tokenizer": Flag(None, "str", "tokenizer for text data, when the teacher has none (default: the teacher's)"),
-    "eval_dataset": Flag(None, "str", "held-out data (same formats): logs eval_ce / eval_ppl of the student"),
-    "eval_steps": Flag(None, "int", "evaluate every N steps (default: --save_steps)"),
-    "eval_max_sequences": Flag(0, "int", "evaluate on the first N held-out sequences only (0: all)"),
-    # --- the method (LRCConfig); defaults = the README LRC-1.5B recipe
-    "use_all_attn": Flag(True, "bool", "separate q/k/v projections (README recipe)", "False"),
-    "use_in_out_mlp": Flag(False, "bool", "one shared gate/up input projection + output projection"),
-    "tie_word_emb_proj": Flag(True, "bool", "one projection for embedding and LM head (README recipe)", "False"),
-    "del_layers": Flag("", "list", "teacher layers the student drops, e.g. 3,7"),
-    "ban_layers": Flag("", "list", "teacher layers without clone terms"),
-    "str_ban_losses": Flag("no", "str", "comma list of clone-term names to skip (no: none), e.g. mlp-gate-loss"),
-    "aux_loss_type": Flag("mseloss", "str", "clone distance: mseloss | mseloss_v2 | l1loss | l1loss_v2 | nmse (relative; extension)"),
-    "aux_loss_scale_factor": Flag(0.2, "float", "alpha, weight of every clone term (README recipe)", "1.0"),
-    "kl_temperature": Flag(40.0, "float", "tau of KL(teacher || student) (README recipe)", "10.0"),
-    "kl_reduction": Flag("sequence_sum", "str", "sequence_sum (official: sum over tokens / sequences) | token_mean"),
-    "attn_out_space": Flag("teacher", "str", "attention-output clone term: teacher (official code) | student "
-                           "(paper Algorithm 1)"),
-    "use_ntp_loss": Flag(True, "bool", "add next-token CE"),
-    "use_logits_loss": Flag(True, "bool", "add the KL term"),
-    "use_aux_loss": Flag(True, "bool", "add the clone terms (still logged when off)"),
-    "target_rms_norm_eps": Flag(1e-5, "float", "student RMSNorm epsilon"),
-    "logits_chunk_tokens": Flag(1024, "int", "tokens per chunk of the fused head/KL/CE (memory only)"),
-    "proj_init": Flag("random", "str", "where the projections start: random (N(0, 0.02^2), the paper) | activation "
-                      "(the width-pruned teacher: the d_s residual channels of highest activation importance on "
-                      "--calib_data; RED, arXiv 2605.29327); docs/TRAINING.md, Where the student starts"),
-    "calib_data": Flag(None, "str", "--proj_init activation: calibration text or token data (same formats as "
-                       "--dataset_name; default: the training data)"),
-    "calib_tokens": Flag(4096, "int", "--proj_init activation: calibration tokens (whole sequences, from the start)"),
-    "mlp_train": Flag("lrc", "str", "what of each student MLP matrix trains: lrc (the projections, the paper) | dense "
-                      "(+ a full zero-initialised Delta, Dense-LRC) | core (+ a Delta in the directions plain LRC cannot "
-                      "reach, CORE-LRC); docs/TRAINING.md, Train what you deploy"),
-    # --- optimisation
-    "learning_rate": Flag(1e-4, "float", "peak learning rate (AdamW, weight decay 0, eps 1e-8)"),
-    "adam_beta2": Flag(0.999, "float", "AdamW beta2 (beta1 0.9)"),
-    "warmup_ratio": Flag(0.005, "float", "linear warmup, fraction of the total steps (ceil)"),
-    "warmup_steps": Flag(None, "int", "linear warmup in optimizer steps (overrides --warmup_ratio; the schedule "
-                         "then does not depend on --max_steps for constant schedules)"),
-    "lr_scheduler": Flag("linear", "str", "HF scheduler: linear | cosine | constant | constant_with_warmup | "
-                         "warmup_stable_decay (decay over the last 10% of steps) | ..."),
-    "max_grad_norm": Flag(1.0, "float", "gradient clipping (0: off); under DeepSpeed leave the yaml's "
-                          "gradient_clipping at auto"),
-    "batch_size": Flag(4, "int", "micro-batch per process"),
-    "gradient_accumulation_steps": Flag(1, "int", "micro-batches per optimizer step"),
-    "max_steps": Flag(-1, "int", "optimizer steps (-1: --num_epochs over the data)"),
-    "num_epochs": Flag(1, "int", "epochs when --max_steps is -1"),
-    "seed": Flag(42, "int", "seed of the projection init, data order and the Trainer",
-                 "init under 429, then the Trainer reseeds with 42"),
-    "bf16": Flag("auto", "bool_auto", "bf16 teacher and compute, fp32 master projections (auto: on with CUDA)",
-                 "always bf16"),
-    "attn_implementation": Flag(None, "str", "teacher/student attention kernel (sdpa, eager, flash_attention_2; "
-                                "default: transformers')", "flash_attention_2"),
-    "gradient_checkpointing": Flag(False, "bool", "recompute each student layer (and its clone terms) in backward: "
-                                   "less activation memory, ~1 more student forward per step"),
-    "generation_once_per_step": Flag(True, "bool", "generate the student's weights once per optimizer step under "
-                                     "gradient accumulation (exact; W_S and its gradient then live across the "
-                                     "micro-batches); false: once per micro-batch, for debugging"),
-    "shard_generation": Flag("auto", "str", "auto | on | off: each data-parallel rank of a node generates only its "
-                             "share of the student's weights, then they are all-gathered (exact; auto: on with "
-                             "several GPU processes per node); docs/TRAINING.md, Where student weights are generated"),
-    "num_workers": Flag(0, "int", "DataLoader workers", "8"),
-    # --- checkpoints and logging
-    "log_steps": Flag(100, "int", "log every N optimizer steps (loss, ce, kl, clone, each term, L{i}-{term})"),
-    "diagnostics_steps": Flag(100, "int", "LRC: at the logging steps that are multiples of N, also log the effective "
-                              "rank of student and teacher hidden states (2 sequences) and the projections' "
-                              "condition numbers (0: never); docs/TRAINING.md, Logging"),
-    "save_steps": Flag(20000, "int", "checkpoint every N steps"),
-    "save_total_limit": Flag(10, "int", "keep the N newest checkpoint-N directories (0: all)"),
-    "resume": Flag(None, "str", "resume from a checkpoint-N directory, or auto = the newest complete one in "
-                   "--output_dir (an empty or new --output_dir: a fresh start; a finished run: nothing to do)"),
-    "allow_changed": Flag("", "list", "on resume, apply these changed flags instead of refusing them, e.g. "
-                          "learning_rate,batch_size (the ones compared: docs/TRAINING.md, What a run guarantees)"),
-    "resume_checkpoint": Flag(None, "str", "alias of --resume (official name)"),
-    "load_model_weight_path": Flag(None, "str", "warm start: load projections (ours or official model.safetensors), "
-                                   "fresh optimizer"),
-    "init_from": Flag(None, "str", "start a new run (step 0, fresh optimizer) from an earlier LRC checkpoint of the "
-                      "same teacher and variant: its projections and gains, new --mlp_train Deltas at 0 (the "
-                      "two-phase recipe: plain LRC, then dense or core); ignored when resuming"),
-    "overwrite_output_dir": Flag(False, "bool", "start over in an --output_dir that holds a previous run "
-                                 "(its checkpoints and final weights are deleted)"),
-    "report_to": Flag("none", "str", "none | wandb | tensorboard | wandb,tensorboard (wandb without credentials: "
-                      "offline mode)", "wandb"),
-    "project_name": Flag("expt-small-llm", "str", "wandb project"),
-    "extra_tags": Flag("ordinary", "list", "wandb tags and run name (never part of the output path)"),
-    # --- official flags without an effect here (accepted with a warning, or refused with the reason)
-    "use_accelerate": Flag(None, "bool", "no effect: the script works the same under `accelerate launch` and python"),
-    "gpus": Flag(None, "int", "no effect: processes/devices come from `accelerate launch`"),
-    "check_data_cls_loss": Flag(None, "bool", "per-data-class CE logging: not implemented (true is refused)"),
-    "use_std_like_attn": Flag(None, "bool", "dead in the official code (raises 'Low Performance'): true is refused"),
-    "tie_n": Flag(None, "int", "dead in the official code (>1 raises 'low perf'): >1 is refused"),
-    "student_attn_from_scratch": Flag(None, "bool", "not implemented (the official variant never trains its "
-                                      "attention, LRC_SPEC §2.3): true is refused"),
-    "use_additional_align": Flag(None, "bool", "not implemented (unconvertible in the official code): true is "
-                                 "refused"),
-    # --- this script
-    "config": Flag(None, "str", "a YAML recipe: `flag: value` lines with the flags' own names (configs/recipes/); "
-                   "flags on the command line override it"),
-    "demo": Flag(False, "bool", "the out-of-the-box run (flags after it override its values)"),
-    "demo_baseline": Flag(None, "str", "--demo: also train a student of the same size WITHOUT LRC on the same tokens "
-                          "and report it beside the LRC student: prune_kd (the width-pruned teacher + CE + KL, "
-                          "Minitron-style) | only_kd (random init + CE + KL) | none"),
-    "demo_ood_eval": Flag(None, "str", "--demo: also report teacher and student perplexity on this held-out text from "
-                          "another domain (the demo's default: data/sample/ood_heldout.txt, Python documentation)"),
-}
+    learning_rate: float = 1e-4
+    """peak learning rate (AdamW, weight decay 0, eps 1e-8)"""
+    adam_beta2: float = 0.999
+    """AdamW beta2 (beta1 0.9)"""
+    warmup_ratio: float = 0.005
+    """linear warmup, fraction of the total steps (ceil)"""
+    warmup_steps: int | None = None
+    """linear warmup in optimizer steps (overrides --warmup_ratio; the schedule then does not depend on
+    --max_steps for constant schedules)"""
+    lr_scheduler: str = "linear"
+    """HF scheduler: linear | cosine | constant | constant_with_warmup | warmup_stable_decay (decay over the last
+    10% of steps) | ..."""
+    max_grad_norm: float = 1.0
+    """gradient clipping (0: off); under DeepSpeed leave the yaml's gradient_clipping at auto"""
+    batch_size: int = 4
+    """micro-batch per process"""
+    gradient_accumulation_steps: int = 1
+    """micro-batches per optimizer step"""
+    max_steps: int = -1
+    """optimizer steps (-1: --num_epochs over the data)"""
+    num_epochs: int = 1
+    """epochs when --max_steps is -1"""
+    seed: int = 42
+    """seed of the projection init, data order and the Trainer [official: init under 429, then the Trainer
+    reseeds with 42]"""
+    bf16: str = dataclasses.field(default="auto", metadata={"nargs": "?", "const": "true"})
+    """auto | true | false: bf16 teacher and compute, fp32 master projections (auto: on with CUDA) [official:
+    always bf16]"""
+    attn_implementation: str | None = None
+    """teacher/student attention kernel (sdpa, eager, flash_attention_2; default: transformers') [official:
+    flash_attention_2]"""
+    gradient_checkpointing: bool = False
+    """recompute each student layer (and its clone terms) in backward: less activation memory, ~1 more student
+    forward per step"""
+    generation_once_per_step: bool = True
+    """generate the student's weights once per optimizer step under gradient accumulation (exact; W_S and its
+    gradient then live across the micro-batches); false: once per micro-batch, for debugging"""
+    shard_generation: str = "auto"
+    """auto | on | off: each data-parallel rank of a node generates only its share of the student's weights, then
+    they are all-gathered (exact; auto: on with several GPU processes per node); docs/TRAINING.md, Where student
+    weights are generated"""
+    num_workers: int = 0
+    """DataLoader workers [official: 8]"""
+
+
+@options(group="checkpoints, resuming and logging")
+class Checkpointing:
+    """Where the run saves, how it resumes, what it logs."""
+
+    log_steps: int = 100
+    """log every N optimizer steps (loss, ce, kl, clone, each term, L{i}-{term})"""
+    diagnostics_steps: int = 100
+    """LRC: at the logging steps that are multiples of N, also log the effective rank of student and teacher
+    hidden states (2 sequences) and the projections' condition numbers (0: never); docs/TRAINING.md, Logging"""
+    save_steps: int = 20000
+    """checkpoint every N steps"""
+    save_total_limit: int = 10
+    """keep the N newest checkpoint-N directories (0: all)"""
+    resume: str | None = None
+    """resume from a checkpoint-N directory, or auto = the newest complete one in --output_dir (an empty or new
+    --output_dir: a fresh start; a finished run: nothing to do)"""
+    allow_changed: str = ""
+    """on resume, apply these changed flags instead of refusing them, e.g. learning_rate,batch_size (the ones
+    compared: docs/TRAINING.md, What a run guarantees)"""
+    resume_checkpoint: str | None = None
+    """alias of --resume (official name)"""
+    load_model_weight_path: str | None = None
+    """warm start: load projections (ours or official model.safetensors), fresh optimizer"""
+    init_from: str | None = None
+    """start a new run (step 0, fresh optimizer) from an earlier LRC checkpoint of the same teacher and variant:
+    its projections and gains, new --mlp_train Deltas at 0 (the two-phase recipe: plain LRC, then dense or core);
+    ignored when resuming"""
+    overwrite_output_dir: bool = False
+    """start over in an --output_dir that holds a previous run (its checkpoints and final weights are deleted)"""
+    report_to: str = "none"
+    """none | wandb | tensorboard | wandb,tensorboard (wandb without credentials: offline mode) [official: wandb]"""
+    project_name: str = "expt-small-llm"
+    """wandb project"""
+    extra_tags: str = "ordinary"
+    """wandb tags and run name, comma-separated (never part of the output path)"""
+
+
+_BARE_TRUE = {"nargs": "?", "const": True}
+
+
+@options(group="official flags without an effect here (accepted with a warning, or refused with the reason)")
+class OfficialOnly:
+    """Flags of the official command line that this implementation does not act on."""
+
+    use_accelerate: bool | None = dataclasses.field(default=None, metadata=_BARE_TRUE)
+    """no effect: the script works the same under `accelerate launch` and python"""
+    gpus: int | None = None
+    """no effect: processes/devices come from `accelerate launch`"""
+    check_data_cls_loss: bool | None = dataclasses.field(default=None, metadata=_BARE_TRUE)
+    """per-data-class CE logging: not implemented (true is refused)"""
+    use_std_like_attn: bool | None = dataclasses.field(default=None, metadata=_BARE_TRUE)
+    """dead in the official code (raises 'Low Performance'): true is refused"""
+    tie_n: int | None = None
+    """dead in the official code (>1 raises 'low perf'): >1 is refused"""
+    student_attn_from_scratch: bool | None = dataclasses.field(default=None, metadata=_BARE_TRUE)
+    """not implemented (the official variant never trains its attention, LRC_SPEC §2.3): true is refused"""
+    use_additional_align: bool | None = dataclasses.field(default=None, metadata=_BARE_TRUE)
+    """not implemented (unconvertible in the official code): true is refused"""
+
+
+@options(group="this command")
+class CommandOptions:
+    """Recipes and the demo."""
+
+    config: str | None = None
+    """a YAML recipe: `flag: value` lines with the flags' own names (configs/recipes/); flags on the command line
+    override it"""
+    demo: bool = False
+    """the out-of-the-box run (flags after it override its values)"""
+    demo_baseline: str | None = None
+    """--demo: also train a student of the same size WITHOUT LRC on the same tokens and report it beside the LRC
+    student: prune_kd (the width-pruned teacher + CE + KL, Minitron-style) | only_kd (random init + CE + KL) |
+    none"""
+    demo_ood_eval: str | None = None
+    """--demo: also report teacher and student perplexity on this held-out text from another domain (the demo's
+    default: data/sample/ood_heldout.txt, Python documentation)"""
+
+
+LRC_FLAG_FIELDS: dict[str, str] = {
+    name: name for name in (
+        "target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_word_emb_proj", "del_layers", "ban_layers",
+        "aux_loss_type", "aux_loss_scale_factor", "kl_temperature", "kl_reduction", "attn_out_space", "use_ntp_loss",
+        "use_logits_loss", "use_aux_loss", "target_rms_norm_eps", "logits_chunk_tokens", "mlp_train", "proj_init")
+} | {"str_ban_losses": "ban_losses"}
+"""The flags that make up ``LRCConfig`` (the method): flag name -> field name (the official ``--str_ban_losses`` is
+the one named unlike its field)."""
+
+_LRC_FLAG_DEFAULTS = {"target_hidden_size": None, "del_layers": "", "ban_layers": "", "str_ban_losses": "no"}
+"""Where a flag's default is not its field's: required (checked after a recipe / --demo), or the comma-list
+spelling of an empty tuple (the official placeholder "no" for the bans)."""
+
+
+def _lrc_flags_class() -> type:
+    """The method's flags as a dataclass made from ``LRCConfig``: its field docs are the help, its defaults the
+    flags' defaults; tuple fields are comma-separated strings on the command line, and a Literal field a string
+    that ``LRCConfig.validate`` checks (its message names the field and the choices)."""
+    hints = typing.get_type_hints(LRCConfig)
+    docs = field_docs(LRCConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(LRCConfig)}
+    made = []
+    for flag, name in LRC_FLAG_FIELDS.items():
+        kind = hints[name]
+        if typing.get_origin(kind) in (tuple, typing.Literal):  # a comma list; a name LRCConfig.validate checks
+            kind = str
+        default = _LRC_FLAG_DEFAULTS.get(flag, defaults[name])
+        if default is None:
+            kind = kind | None
+        help_ = help_escape(("required: " if flag == "target_hidden_size" else "") + docs[name])
+        made.append((flag, kind, dataclasses.field(default=default, metadata={"help": help_})))
+    cls = dataclasses.make_dataclass("MethodFlags", made)
+    cls._argument_group_name = "the method (LRCConfig; defaults: the README LRC-1.5B recipe)"
+    return cls
+
+
+MethodFlags = _lrc_flags_class()
+OPTION_GROUPS: tuple[type, ...] = (RunTarget, MethodFlags, Optimisation, Checkpointing, CommandOptions, OfficialOnly)
+"""The training command's flags, group by group (``lrc train --help`` prints them in this order)."""
+FLAGS: dict[str, dataclasses.Field] = {f.name: f for g in OPTION_GROUPS for f in dataclasses.fields(g)}
+"""Every training flag by name (its default and its help in ``metadata["help"]``)."""
+REQUIRED_FLAGS = ("raw_model_name", "dataset_name", "output_dir", "target_hidden_size")
+"""Flags without a default: the command line, a recipe or --demo must give them."""
+
+
+def train_parser(description: str | None = None) -> OptionParser:
+    """The parser of ``lrc train`` / ``hf_trainer.py``."""
+    return OptionParser(OPTION_GROUPS, prog="lrc train", description=description)
+
 
 ALIASES = {"resume_checkpoint": "resume"}
 
@@ -199,49 +289,6 @@ DEMO: dict[str, Any] = {
 
 
 # ---------------------------------------------------------------------------------------------- flags
-def _as_bool(name: str, v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float)) and v in (0, 1):
-        return bool(v)
-    if isinstance(v, str) and v.strip().lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-        return v.strip().lower() in ("true", "yes", "1", "on")
-    raise FlagError(f"--{name} expects true/false (or 1/0), got {v!r}")
-
-
-def _as_list(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, (tuple, list)):
-        return ",".join(str(x) for x in v)
-    return str(v)
-
-
-def _convert(name: str, flag: Flag, v: Any) -> Any:
-    if v is None:
-        return None
-    try:
-        if flag.kind == "bool":
-            return _as_bool(name, v)
-        if flag.kind == "bool_auto":
-            return "auto" if isinstance(v, str) and v.lower() == "auto" else _as_bool(name, v)
-        if flag.kind == "int":
-            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-                raise ValueError
-            return int(v)
-        if flag.kind == "float":
-            if isinstance(v, bool):
-                raise ValueError
-            return float(v)
-        if flag.kind == "list":
-            return _as_list(v)
-        if isinstance(v, (tuple, list)):  # fire turns "a,b" into a tuple
-            return ",".join(str(x) for x in v)
-        return str(v)
-    except (TypeError, ValueError):
-        raise FlagError(f"--{name} expects {'an integer' if flag.kind == 'int' else 'a number'}, got {v!r}") from None
-
-
 def read_recipe(path: str) -> dict[str, Any]:
     """The flags of a YAML recipe (``--config``): a mapping of flag names (``-`` or ``_``) to scalar values.
 
@@ -276,20 +323,20 @@ def read_recipe(path: str) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
-def parse_flags(raw: dict[str, Any]) -> dict[str, Any]:
-    """Normalise fire's keyword arguments into a complete, typed, validated flag dict.
+def parse_argv(argv: list[str]) -> dict[str, Any]:
+    """The command line of ``lrc train`` -> the complete, typed, validated flag dict ``lrc.run.train`` reads.
 
-    Unknown flags, malformed values and contradictions raise FlagError (one line).
-    """
-    raw = {k.replace("-", "_"): v for k, v in raw.items()}
-    recipe = raw.pop("config", None)
+    Layers, lowest first: the defaults, ``--demo``'s values, a ``--config`` recipe, the command line. Unknown
+    flags, malformed values and contradictions raise FlagError (one line)."""
+    parser = train_parser()
+    given = parser.parse_given(argv)
+    recipe = given.pop("config", None)
     if recipe is not None:
-        raw = {**read_recipe(str(recipe)), **raw}  # the command line overrides the recipe
-    unknown = sorted(k for k in raw if k not in FLAGS)
-    if unknown:
-        raise FlagError(f"unknown flag(s): {', '.join('--' + k for k in unknown)} "
-                        f"(python hf_trainer.py --help lists them)")
-    given = {k: _convert(k, FLAGS[k], v) for k, v in raw.items()}
+        try:
+            from_recipe = parser.parse_given(dict_to_argv(read_recipe(recipe)))
+        except OptionError as e:
+            raise FlagError(f"--config {recipe}: {e}") from None
+        given = {**from_recipe, **given}  # the command line overrides the recipe
     for alias, target in ALIASES.items():
         if alias in given:
             if given.get(target) not in (None, given[alias]):
@@ -301,7 +348,7 @@ def parse_flags(raw: dict[str, Any]) -> dict[str, Any]:
         cfg["raw_model_name"] = demo_teacher_path()
     cfg.update(given)
     cfg["_given"] = sorted(given)
-    missing = [k for k, v in cfg.items() if v is REQUIRED]
+    missing = [k for k in REQUIRED_FLAGS if cfg[k] is None]
     if missing:
         raise FlagError(f"missing required flag(s): {', '.join('--' + k for k in missing)} "
                         f"(or run `python hf_trainer.py --demo`)")
@@ -309,7 +356,17 @@ def parse_flags(raw: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def parse_flags(raw: dict[str, Any]) -> dict[str, Any]:
+    """``parse_argv`` for flags held in a dict ({name: Python value}, as a library caller or a test has them):
+    the values are typed by the same parser as the command line (``lrc.options.dict_to_argv``)."""
+    return parse_argv(dict_to_argv(raw))
+
+
 def _validate(cfg: dict[str, Any]) -> None:
+    if cfg["bf16"] != "auto":
+        if str(cfg["bf16"]).lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise FlagError(f"--bf16 expects auto, true or false, got {cfg['bf16']!r}")
+        cfg["bf16"] = str(cfg["bf16"]).lower() in ("true", "1", "yes")
     for name, (refuse, why) in _DEAD.items():
         v = cfg.get(name)
         if v is None:
@@ -431,16 +488,6 @@ def _validate_model_cls(cfg: dict[str, Any]) -> None:
         cfg["attn_implementation"] = "eager"
 
 
-LRC_FLAG_FIELDS: dict[str, str] = {
-    name: name for name in (
-        "target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_word_emb_proj", "del_layers", "ban_layers",
-        "aux_loss_type", "aux_loss_scale_factor", "kl_temperature", "kl_reduction", "attn_out_space", "use_ntp_loss",
-        "use_logits_loss", "use_aux_loss", "target_rms_norm_eps", "logits_chunk_tokens", "mlp_train", "proj_init")
-} | {"str_ban_losses": "ban_losses"}
-"""The flags that make up ``LRCConfig`` (the method): flag name -> field name (the official ``--str_ban_losses`` is
-the one named unlike its field)."""
-
-
 def lrc_config_from_flags(cfg: dict[str, Any]):
     """The method's ``LRCConfig`` from a parsed flag dict (``parse_flags`` or ``parse_lrc_flags``)."""
     from .config import LRCConfig
@@ -457,11 +504,12 @@ def parse_lrc_flags(raw: dict[str, Any]) -> tuple[Any, set[str]]:
     if other:
         raise FlagError(f"not an LRC method flag: {', '.join('--' + k for k in other)} "
                         f"(those are {', '.join('--' + k for k in LRC_FLAG_FIELDS)})")
-    cfg = {k: FLAGS[k].default for k in LRC_FLAG_FIELDS}
-    cfg.update({k: _convert(k, FLAGS[k], v) for k, v in raw.items()})
-    if cfg["target_hidden_size"] is REQUIRED:
+    parser = OptionParser(MethodFlags, prog="LRC method flags")
+    given = parser.parse_given(dict_to_argv(raw))
+    cfg = {**{f.name: f.default for f in dataclasses.fields(MethodFlags)}, **given}
+    if cfg["target_hidden_size"] is None:
         raise FlagError("missing required flag --target_hidden_size")
-    return lrc_config_from_flags(cfg), {LRC_FLAG_FIELDS[k] for k in raw}
+    return lrc_config_from_flags(cfg), {LRC_FLAG_FIELDS[k] for k in given}
 
 
 def demo_teacher_path() -> str:
@@ -477,10 +525,6 @@ def demo_teacher_path() -> str:
 
 
 def help_text(intro: str) -> str:
-    """``intro`` (the command's description), then every flag: default, help, official default where it differs."""
-    lines = [intro.strip(), "", "Flags (default; official default where it differs):"]
-    for name, f in FLAGS.items():
-        d = "required" if f.default is REQUIRED else repr(f.default)
-        off = f"  [official: {f.official}]" if f.official else ""
-        lines.append(f"  --{name:<28} {d:<22} {f.help}{off}")
-    return "\n".join(lines)
+    """``lrc train --help``: ``intro`` (the command's description), then every flag, group by group, with its
+    field doc and default (the official code's default in brackets where it differs)."""
+    return train_parser(intro).format_help()

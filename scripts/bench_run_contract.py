@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrc.options import options, run_command
+
 REPO = Path(__file__).resolve().parents[1]
 
 VOCAB = 128_256
@@ -51,7 +53,23 @@ def timed(label: str, fn, results: dict) -> object:
     return out
 
 
-def main(gb: float = 1.0, path: str | None = None, keep: bool = False, json_out: str | None = None) -> None:
+@options(group="what to time")
+class RunContractBench:
+    """The benchmark's flags."""
+
+    gb: float = 1.0
+    """size of the packed jsonl to write (GB)"""
+    path: str | None = None
+    """use this packed jsonl instead of writing one (it is written there if missing)"""
+    keep: bool = False
+    """keep the temporary directory"""
+    json_out: str | None = None
+    """also write the results to this JSON file"""
+
+
+def main(gb: float = RunContractBench.gb, path: str | None = None, keep: bool = False,
+         json_out: str | None = None) -> None:
+    """Time every phase (flags: ``RunContractBench``); print, and with ``json_out`` write, the results."""
     import lrc.data_check as dc
     from lrc.file_cache import cached_json
     from lrc.run_dir import sha256_file
@@ -88,6 +106,7 @@ def main(gb: float = 1.0, path: str | None = None, keep: bool = False, json_out:
 
 
 if __name__ == "__main__":
-    import fire
+    import sys
 
-    fire.Fire(main)
+    sys.exit(run_command(RunContractBench, None, lambda o: main(**vars(o)), prog="python scripts/bench_run_contract.py",
+                         description=__doc__))

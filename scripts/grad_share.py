@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Any
 
+from lrc.options import options, run_command
+
 
 
 def _flat_grad(params) -> "torch.Tensor":
@@ -104,9 +106,35 @@ def summarize(grads: dict[str, Any], clone_terms: tuple[str, ...],
     return rows
 
 
+@options(group="what to measure, on what")
+class GradShareOptions:
+    """``scripts/grad_share.py``'s own flags (the LRC method flags follow them)."""
+
+    teacher: str | None = None
+    """required: the teacher (HF directory or .gguf)"""
+    data: str | None = None
+    """required: the batches' data (any format the training reads)"""
+    checkpoint: str = ""
+    """an LRC run directory, checkpoint-N directory or lrc_weights.safetensors: the projections to measure at
+    (default: the N(0, 0.02^2) initialisation; then --target_hidden_size is required)"""
+    batches: int = 1
+    """batches to average the gradients over"""
+    batch_size: int = 4
+    """sequences per batch"""
+    seq_len: int = 256
+    """tokens per sequence"""
+    seed: int = 0
+    """seed of the initialisation and the batches"""
+    json_out: str = ""
+    """also write the report to this JSON file"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)"""
+
+
 def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_size: int = 4, seq_len: int = 256,
          seed: int = 0, json_out: str = "", threads: int = 0, **lrc_flags: Any) -> dict:
-    """Args are documented in the module docstring; ``lrc_flags`` are ``lrc train``'s LRC method flags."""
+    """The report (printed, and written to ``json_out``); the arguments are ``GradShareOptions``' fields and
+    ``lrc_flags`` are ``lrc train``'s LRC method flags (``lrc.train_flags.MethodFlags``)."""
     import torch
 
     from lrc.checkpoint import load_into_projections, load_lrc_checkpoint
@@ -157,14 +185,10 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
     return report
 
 
-def cli(**kwargs: Any) -> None:
-    main(**kwargs)  # not main itself: fire would print the returned report
-
-
 if __name__ == "__main__":
-    import fire
-
-    from lrc.errors import run_cli
+    from lrc.train_flags import MethodFlags
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(run_cli(lambda: fire.Fire(cli)))
+    sys.exit(run_command((GradShareOptions, MethodFlags), None, main, prog="python scripts/grad_share.py",
+                          description=__doc__, required=("teacher", "data"),
+                          keywords=True))

@@ -47,10 +47,12 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from lrc.options import options, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +106,7 @@ def method_order(names) -> list[str]:
     return sorted(names, key=lambda m: (list(METHODS).index(m.split(":")[0]), m))
 
 
-@dataclass
+@options(group="the comparison (stored in OUT/repro_config.json; a resumed run must match)")
 class ReproConfig:
     """Everything that defines a comparison (stored in OUT/repro_config.json; a resumed run must match)."""
 
@@ -122,12 +124,19 @@ class ReproConfig:
     """Size of the training pool: this many random (seeded) sequences of the training text, shuffled
     by the trainer's seeded sampler (more epochs over it if a budget needs more)."""
     target_hidden_size: int = 288
+    """Student width d_s (288 = half of SmolLM2-135M's 576)."""
     seq_len: int = 256
+    """Tokens per training sequence."""
     batch_size: int = 4
+    """Sequences per micro-batch."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
     learning_rate: float = 3e-4
+    """Peak learning rate of every method (constant after warmup)."""
     warmup_steps: int = 5
+    """Linear warmup steps."""
     seed: int = 42
+    """Seed of the data pool, the initialisation and the data order."""
     eval_sequences: int = 32
     """Held-out sequences of seq_len tokens (drawn at random, seeded, from the whole held-out file)."""
     ood_heldout: str = ""
@@ -135,6 +144,7 @@ class ReproConfig:
     also reported on it, beside the teacher's (empty: none). It shows whether the student inherited the
     teacher's knowledge or only learned the training text."""
     bf16: str = "auto"
+    """auto | true | false (auto: on with CUDA)."""
 
     def steps(self) -> list[int]:
         per = self.seq_len * self.batch_size * self.gradient_accumulation_steps
@@ -523,8 +533,22 @@ def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def main(out: str = "runs/reproduce_small", docs: str = "docs", methods: str = ",".join(METHODS),
-         gpu: bool = False, **overrides: Any) -> None:
+@options(group="this run")
+class ReproRun:
+    """Where the comparison goes and which methods it runs (not part of its identity)."""
+
+    out: str = "runs/reproduce_small"
+    """Output directory (results/, runs/, repro_config.json); an existing one is continued."""
+    docs: str = "docs"
+    """Where docs/REPRODUCE_SMALL.md and its plots are (re)written ("" : no report)."""
+    methods: str = ",".join(METHODS)
+    """Comma list of methods, each optionally with variants, e.g. lrc:aux_loss_scale_factor=0.002,prune_kd."""
+    gpu: bool = False
+    """Start from the GPU preset (larger budgets and model; GPU_PRESET)."""
+
+
+def main(out: str = ReproRun.out, docs: str = ReproRun.docs, methods: str = ReproRun.methods,
+         gpu: bool = ReproRun.gpu, **overrides: Any) -> None:
     """Run (or continue) the comparison; ``overrides`` are ReproConfig fields (``--budgets``, ``--seq_len``, ...)."""
     known = {f.name for f in fields(ReproConfig)}
     bad = sorted(k for k in overrides if k.replace("-", "_") not in known)
@@ -574,7 +598,6 @@ def main(out: str = "runs/reproduce_small", docs: str = "docs", methods: str = "
 
 
 if __name__ == "__main__":
-    import fire
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fire.Fire(main)
+    sys.exit(run_command((ReproRun, ReproConfig), None, main, prog="python scripts/reproduce_small.py",
+                          description=__doc__, keywords=True))

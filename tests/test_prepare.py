@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ V = 49152
 S = 128
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-sys.path.insert(0, str(REPO / "data"))
 from prepare import cli  # noqa: E402
 
 from lrc.prepare import prepare  # noqa: E402

@@ -14,7 +14,6 @@ import pytest
 from tiny import VOCAB, save_teacher, tiny_teacher
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="module")

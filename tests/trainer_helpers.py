@@ -6,7 +6,6 @@ import json
 import random
 from pathlib import Path
 
-import fire
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -80,12 +79,8 @@ def train(assets, out, trainer_cls=None, **over):
 
 
 def cli(*argv: str) -> int:
-    """Run hf_trainer's fire entry point in-process on an argv list; return its exit code."""
-    try:
-        fire.Fire(hf_trainer.main, command=list(argv))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+    """Run hf_trainer's command line in-process on an argv list; return its exit code."""
+    return hf_trainer.cli(list(argv))
 
 
 def argv(flags: dict) -> list[str]:

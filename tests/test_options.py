@@ -1,0 +1,126 @@
+"""``lrc.options``: the one command-line mechanism (dataclass fields + their docstrings -> flags + --help).
+
+The training command's method flags are made from ``LRCConfig`` itself; these tests hold that single source, and the
+parser's behaviour that the official command lines rely on (both spellings, bare booleans, comma lists kept whole,
+one-line errors)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lrc.config import LRCConfig
+from lrc.options import OptionError, OptionParser, dict_to_argv, field_docs, options, run_command
+from lrc.train_flags import FLAGS, LRC_FLAG_FIELDS, MethodFlags, help_text, parse_argv, parse_flags
+
+
+@options(group="example")
+class Example:
+    """An example command's flags."""
+
+    name: str | None = None
+    """the name; 50% of a test"""
+    layers: str = ""
+    """comma list, kept whole"""
+    count: int = 3
+    """how many"""
+    on: bool = True
+    """a switch that starts on"""
+    off: bool = False
+    """a switch that starts off"""
+
+
+def test_field_docstrings_are_the_help():
+    assert field_docs(Example) == {"name": "the name; 50% of a test", "layers": "comma list, kept whole",
+                                   "count": "how many", "on": "a switch that starts on", "off": "a switch that starts off"}
+    text = OptionParser(Example, prog="ex").format_help()
+    assert "the name; 50% of a test" in text and "how many (default: 3)" in text and "example:" in text
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], {}),
+    (["--name", "a", "--count=5"], {"name": "a", "count": 5}),
+    (["--layers", "3,7"], {"layers": "3,7"}),  # not a tuple (fire split it)
+    (["--off"], {"off": True}),  # a bare boolean
+    (["--on", "false", "--off", "1"], {"on": False, "off": True}),
+    (["--no_on"], {"on": False}),
+    (["--no-on"], {"on": False}),
+])
+def test_parse_given_returns_only_what_was_given(argv, expected):
+    assert OptionParser(Example, prog="ex").parse_given(argv) == expected
+
+
+def test_parse_fills_the_defaults():
+    (ex,) = OptionParser(Example, prog="ex").parse(["--count", "9"])
+    assert ex == Example(count=9)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--bogus", "1", "--other-flag"], "unknown flag(s): --bogus, --other_flag (ex --help lists them)"),
+    (["--count", "many"], "argument --count: invalid int value: 'many'"),
+    (["--on", "maybe"], "--on"),
+    (["stray"], "unexpected argument(s) 'stray'"),
+    (["--cou", "1"], "unknown flag(s): --cou"),  # no abbreviations
+])
+def test_bad_command_lines_raise_one_line(argv, needle):
+    with pytest.raises(OptionError) as e:
+        OptionParser(Example, prog="ex").parse_given(argv)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_run_command_help_required_and_errors(capsys):
+    seen = []
+    assert run_command(Example, ["--help"], seen.append, prog="ex") == 0
+    assert "a switch that starts off" in capsys.readouterr().out and not seen
+    assert run_command(Example, ["--count", "2"], seen.append, prog="ex", required=("name",)) == 2
+    assert "error: missing required flag(s): --name (ex --help)" in capsys.readouterr().err and not seen
+    assert run_command(Example, ["--name", "x"], seen.append, prog="ex", required=("name",)) == 0
+    assert seen == [Example(name="x")]
+
+
+def test_dict_values_are_typed_by_the_same_parser():
+    assert dict_to_argv({"a": True, "b": (3, 7), "c": None, "d": 1e-4}) == ["--a=true", "--b=3,7", "--d=0.0001"]
+    given = OptionParser(Example, prog="ex").parse_given(dict_to_argv({"count": "4", "on": 0, "layers": [1, 2]}))
+    assert given == {"count": 4, "on": False, "layers": "1,2"}
+
+
+def test_method_flags_are_made_from_lrc_config():
+    """One source for the method: every LRCConfig field a flag sets has that flag, with the field's docstring as its
+    help and the field's default (tuples as their comma-list spelling)."""
+    docs = field_docs(LRCConfig)
+    fields = {f.name: f for f in dataclasses.fields(LRCConfig)}
+    flags = {f.name: f for f in dataclasses.fields(MethodFlags)}
+    assert set(flags) == set(LRC_FLAG_FIELDS) and set(LRC_FLAG_FIELDS.values()) <= set(fields)
+    for flag, name in LRC_FLAG_FIELDS.items():
+        assert docs[name].replace("%", "%%") in flags[flag].metadata["help"], flag
+        if name != "target_hidden_size":
+            assert LRCConfig(target_hidden_size=8, **{name: flags[flag].default}) == LRCConfig(target_hidden_size=8), flag
+    text = help_text("intro")
+    assert docs["aux_loss_scale_factor"].split(".")[0] in " ".join(text.split())
+    assert all(f"--{name}" in text for name in FLAGS)
+
+
+def test_training_command_line_spellings(tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("x\n")
+    base = ["--raw_model_name", "t", "--dataset-name", str(data), "--output_dir=o", "--target_hidden_size", "8"]
+    cfg = parse_argv([*base, "--del_layers", "3,7", "--use_all_attn", "0", "--no_use_aux_loss", "--bf16",
+                      "--learning-rate", "1e-3", "--check_data_cls_loss", "False"])
+    assert cfg["del_layers"] == "3,7" and cfg["use_all_attn"] is False and cfg["use_aux_loss"] is False
+    assert cfg["bf16"] is True and cfg["learning_rate"] == 1e-3 and cfg["dataset_name"] == str(data)
+    assert set(cfg["_given"]) >= {"del_layers", "use_all_attn", "use_aux_loss", "bf16", "learning_rate"}
+    same = parse_flags({"raw_model_name": "t", "dataset_name": str(data), "output_dir": "o", "target_hidden_size": 8,
+                        "del_layers": (3, 7), "use_all_attn": False, "use_aux_loss": False, "bf16": True,
+                        "learning_rate": 1e-3, "check_data_cls_loss": False})
+    assert {k: v for k, v in same.items() if k != "_given"} == {k: v for k, v in cfg.items() if k != "_given"}
+
+
+def test_training_docs_flag_reference_is_generated_from_the_dataclasses():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "flag_docs.py"
+    r = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
