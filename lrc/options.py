@@ -164,8 +164,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         """``--name METAVAR`` (one spelling: --name-with-dashes works too)."""
         if not action.option_strings:
             return super()._format_action_invocation(action)
-        name = action.option_strings[-1] if action.option_strings[0].startswith("-") and not \
-            action.option_strings[0].startswith("--") else action.option_strings[0]
+        name = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
         if action.nargs == 0:
             return name
         if action.choices:

@@ -451,6 +451,7 @@ def _validate(cfg: dict[str, Any]) -> None:
             from .data import DataError
 
             raise DataError(f"--{k} {cfg[k]!r}: no such file")
+    lrc_config_from_flags(cfg)  # the method's own checks (LRCConfig.validate) before any file is read
 
 
 MODEL_CLASSES = ("distill", "origin", "only_kd", "prune_kd", "tiny_bert")

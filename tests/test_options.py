@@ -124,3 +124,37 @@ def test_training_docs_flag_reference_is_generated_from_the_dataclasses():
     script = Path(__file__).resolve().parents[1] / "scripts" / "flag_docs.py"
     r = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def _spellings(value) -> set[str]:
+    """How README's digest may write a default."""
+    if value is None or value in ("", "no"):
+        return {"none"}
+    if isinstance(value, bool):
+        return {"1", "true"} if value else {"0", "false"}
+    if isinstance(value, float):
+        return {f"{value:g}", f"{value:.0e}".replace("e-0", "e-")}
+    return {str(value)}
+
+
+def test_readme_flag_digest_agrees_with_the_dataclasses():
+    """README's table of the most used training flags is a digest, written by hand; its defaults must be the
+    dataclasses' (docs/TRAINING.md has the whole generated reference)."""
+    from pathlib import Path
+
+    from lrc.train_flags import REQUIRED_FLAGS
+
+    rows = [line for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+            if line.startswith("| `--")]
+    assert len(rows) > 10
+    for row in rows:
+        flags_cell, default_cell = (c.strip() for c in row.strip("|").split("|")[:2])
+        names = [f.strip(" `").lstrip("-").replace("-", "_") for f in flags_cell.split(" / ")]
+        defaults = [d.strip() for d in default_cell.split(" / ")]
+        if len(defaults) == 1:
+            defaults *= len(names)
+        assert len(defaults) == len(names), row
+        for name, written in zip(names, defaults):
+            assert name in FLAGS, row
+            expected = {"required"} if name in REQUIRED_FLAGS else _spellings(FLAGS[name].default)
+            assert written in expected, (name, written, expected)
