@@ -1,6 +1,6 @@
 """Train an LRC student: the official command line, on the HF Trainer (``lrc.trainer.LRCTrainer``).
 
-    # the out-of-the-box run (SmolLM2-135M teacher, shipped text sample, ~5 min on 2 CPU cores)
+    # the out-of-the-box run (SmolLM2-135M teacher, shipped text sample, ~9 min on 2 CPU cores)
     lrc train --demo
 
     # the official README command works verbatim (plus the accelerate config of your cluster)
@@ -327,6 +327,20 @@ def _loss_curve(trainer) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
 
 
+def lrc_command() -> str:
+    """How to call ``lrc`` from here, for the commands the demo suggests: the ``lrc`` script beside this
+    interpreter (``.venv/bin/lrc`` when the virtual environment is below the working directory), else
+    ``PYTHON -m lrc``."""
+    exe = Path(sys.executable)
+    script = exe.parent / "lrc"
+    try:
+        shown = exe.parent.resolve().relative_to(Path.cwd().resolve())
+        prefix = str(shown / "lrc") if script.is_file() else f"{shown / exe.name} -m lrc"
+    except ValueError:
+        prefix = str(script) if script.is_file() else f"{exe} -m lrc"
+    return prefix
+
+
 def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
     """Train, convert to {output_dir}/student, compare held-out perplexities, print the next commands."""
     import torch
@@ -378,6 +392,7 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
     n_s = sum(p.numel() for p in student.parameters()) / 1e6
     mc = cfg["model_cls"]
     lrc_run = mc == "distill"
+    lrc = lrc_command()
     lines = [
         "",
         "=" * 78,
@@ -407,12 +422,11 @@ def run_demo(cfg: dict[str, Any], trainer_cls=None) -> None:
         f"outputs in {out}: checkpoint-N/, " + ("lrc_weights.safetensors, student/ (a standard HF model)" if lrc_run
                                                 else "the student as a standard HF model (no conversion needed)"),
         "next:",
-        f"  python hf_trainer.py --demo{'' if lrc_run else ' --model_cls ' + mc} --output_dir {out} "
+        f"  {lrc} train --demo{'' if lrc_run else ' --model_cls ' + mc} --output_dir {out} "
         f"--max_steps {2 * cfg['max_steps']} --resume auto   # train on",
-        *([f"  python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student-again'}"] if lrc_run else []),
-        f"  python -m lrc.evaluate --model {student_dir} --data {cfg['eval_dataset']} "
-        f"--data_max_len {cfg['data_max_len']}",
-        f"  python -m lrc.evaluate --model {cfg['raw_model_name']} --data {cfg['eval_dataset']} "
+        *([f"  {lrc} convert --ckpt-path {out} --save-path {out / 'student-again'}"] if lrc_run else []),
+        f"  {lrc} eval --model {student_dir} --data {cfg['eval_dataset']} --data_max_len {cfg['data_max_len']}",
+        f"  {lrc} eval --model {cfg['raw_model_name']} --data {cfg['eval_dataset']} "
         f"--data_max_len {cfg['data_max_len']}   # the teacher",
         "=" * 78,
     ]

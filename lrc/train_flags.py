@@ -270,7 +270,7 @@ DEMO: dict[str, Any] = {
     "target_hidden_size": 288,
     "data_max_len": 128,
     "batch_size": 4,
-    "max_steps": 80,  # ~2.5 s/step on 2 CPU cores: ~3.5 min of training, ~5 min in all
+    "max_steps": 80,  # 2.5-4.6 s/step on 2 CPU cores: 3.5-6 min of training, 6-9 min in all
     # The recipe that measured best at this budget (docs/REPRODUCE_SMALL.md, "Where the student starts"); the
     # method's defaults (LRCConfig) stay the paper's: override with --proj_init random --aux_loss_scale_factor 0.2.
     "proj_init": "activation",  # start from the width-pruned teacher
