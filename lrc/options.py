@@ -6,7 +6,8 @@ docstrings are the help text, parsed by ``transformers.HfArgumentParser``.
         ckpt_path: str | None = None
         \"\"\"weights file, checkpoint-N directory or training output directory\"\"\"
 
-    opts = parse_options(ConvertOptions, argv, prog="lrc convert", description=__doc__)
+    def cli(argv=None) -> int:  # --help, parsing, one-line errors, the exit code
+        return run_command(ConvertOptions, argv, convert, prog="lrc convert", description=__doc__)
 
 Why HfArgumentParser (not fire, the project's earlier CLI library): it builds an argparse parser from dataclass
 types, so the dataclass is the single source of names, types and defaults, and ``--help`` prints the field docs.
@@ -32,13 +33,11 @@ import inspect
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from transformers import HfArgumentParser
 
 from .config import LRCConfigError
-
-T = TypeVar("T")
 
 
 class OptionError(LRCConfigError):
@@ -60,12 +59,12 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def options(cls: type[T] | None = None, *, group: str | None = None):
+def options(cls: type | None = None, *, group: str | None = None):
     """``@dataclass``, plus every field's docstring as its ``--help`` text (``metadata["help"]``).
 
     ``group``: the heading of these flags in ``--help`` (HfArgumentParser's ``_argument_group_name``)."""
 
-    def wrap(c: type[T]) -> type[T]:
+    def wrap(c: type) -> type:
         c = dataclasses.dataclass(c)
         docs = field_docs(c)
         for f in dataclasses.fields(c):
@@ -121,11 +120,6 @@ class OptionParser(HfArgumentParser):
     def parse(self, argv: Sequence[str]) -> tuple[Any, ...]:
         """One instance per dataclass type: its defaults, overridden by the flags in ``argv``."""
         return from_keywords(self.dataclass_types, self.parse_given(argv), prog=self.prog)
-
-
-def parse_options(dtype: type[T], argv: Sequence[str], *, prog: str, description: str | None = None) -> T:
-    """``dtype`` from ``argv`` (``--help`` prints the help and raises SystemExit(0))."""
-    return OptionParser(dtype, prog=prog, description=description).parse(argv)[0]
 
 
 def from_keywords(dtypes: Sequence[type], values: dict[str, Any], *, prog: str) -> tuple[Any, ...]:
