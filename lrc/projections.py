@@ -33,8 +33,9 @@ from .mlp_train import MLP_KINDS, delta_name, delta_shape
 
 # Projections stored as (d, d_s): contract the teacher matrix's input axis as W_T @ P.
 IN_SIDE_D_BY_DS = ("q", "k", "v", "qkv", "mlp_in")
-# All other projections (o, gate, up, down) are stored as (d_s, d): gate/up contract the input axis as W_T @ P^T; o/down/embed/lm_head
-# contract the teacher matrix's output axis as P @ W_T (embed/head: E_T @ P^T on the hidden axis).
+# All other projections (o, gate, up, down, embed, lm_head) are stored as (d_s, d): gate/up contract the input
+# axis as W_T @ P^T; o/down contract the teacher matrix's output axis as P @ W_T (embed/head: E_T @ P^T on the
+# hidden axis).
 GAINS = ("input_norm", "post_attention_norm")
 DELTAS = tuple(delta_name(k) for k in MLP_KINDS)
 
