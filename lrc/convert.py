@@ -6,7 +6,18 @@ uses (``lrc.generate.generate_student_weights``), loads them into the student's 
 and saves it in the teacher's dtype, with the teacher's tokenizer and generation config.
 
 The output is built in a temporary sibling directory and renamed at the end: on any error nothing
-is left at ``save_path``.
+is left at ``save_path``. What conversion protects (``check_save_path``, ``SourceInfo``):
+
+- the source is verified against its manifest (sizes and sha256) before anything is folded, and the
+  step converted is said (and stored in ``lrc_conversion.json``), with a note when the run holds a
+  newer complete checkpoint than the final weights converted;
+- ``save_path`` is never a training run, a checkpoint or a teacher, never inside a checkpoint or a
+  teacher's directory and never contains any of them; ``--overwrite`` replaces only an earlier
+  conversion's output (a directory with ``lrc_conversion.json``);
+- two conversions racing for one new ``save_path`` cannot both succeed (the final rename never
+  replaces a directory another process filled);
+- what a killed conversion left beside ``save_path`` is removed by the next one into it;
+- the converted student must give finite logits on a test input (weights that diverged are refused).
 
 ``export_arch="llama"`` writes a Qwen2-family student as a Llama-architecture checkpoint
 (``LlamaForCausalLM`` with ``attention_bias=True``: the q/k/v biases are kept and o_proj gets a bias
@@ -26,13 +37,15 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from .checkpoint import (WEIGHTS_NAME, CheckpointError, TeacherRef, core_basis_note, infer_official_variant,
-                         list_checkpoints,
-                         load_into_projections, load_lrc_checkpoint, official_to_ours)
+                         list_checkpoints, load_into_projections, load_lrc_checkpoint, official_to_ours,
+                         resolve_weights_file)
 from .config import LRCConfig
 from .errors import LRCError
 from .families import check_family
 from .model import LRCModel
-from .run_dir import atomic_dir
+from .run_dir import (LOCK_NAME, MANIFEST_NAME, RUN_RECORD_NAME, STAGING_DIR, TRAINER_STATE_NAME, atomic_dir,
+                      checkpoint_step, clear_stale_temporaries, looks_complete, read_manifest, verify_checkpoint,
+                      verify_manifest)
 from .teacher import (find_tokenizer, load_causal_lm, load_teacher, load_teacher_config, load_tokenizer,
                       teacher_fingerprint, weights_fingerprint)
 
@@ -40,6 +53,10 @@ log = logging.getLogger(__name__)
 
 EXPORT_ARCHS = ("llama",)
 """Values of ``--export_arch``: write the student in another (equivalent) architecture."""
+OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
+"""Values of ``--dtype``."""
+CONVERSION_RECORD = "lrc_conversion.json"
+"""What a converted directory records about its source (and how ``--overwrite`` knows it wrote the directory)."""
 
 
 class ConversionError(LRCError, ValueError):
@@ -188,17 +205,32 @@ def resolve_config(ckpt, flags: dict[str, Any]) -> LRCConfig:
     return LRCConfig(**kw)
 
 
-def build_student(ckpt_path: str, raw_model_name: str | None = None, flags: dict[str, Any] | None = None):
-    """Return (student model in fp32, teacher path, LRC config, LRC model) for a checkpoint.
+def teacher_path_of(ckpt, raw_model_name: str | None) -> str:
+    """The teacher to fold against: ``--raw-model-name``, else the path stored in the checkpoint (which must still
+    exist: a moved teacher is named as such, with the flag to pass)."""
+    if raw_model_name:
+        return raw_model_name
+    stored = ckpt.teacher.name_or_path if ckpt.teacher else None
+    if not stored:
+        raise ConversionError(f"{ckpt.path} is an official-code checkpoint: pass --raw-model-name TEACHER")
+    if os.path.isabs(stored) and not os.path.exists(stored):
+        raise ConversionError(f"the teacher path stored in {ckpt.path}, {stored!r}, does not exist (moved or deleted?): "
+                              f"pass --raw-model-name with its new path (it is checked against the checkpoint's "
+                              f"teacher fingerprints)")
+    return stored
+
+
+def build_student(ckpt_path: str, raw_model_name: str | None = None, flags: dict[str, Any] | None = None,
+                  ckpt=None):
+    """Return (student model in fp32, teacher path, LRC config, LRC model) for a checkpoint (``ckpt``: the
+    ``LRCCheckpoint`` of ``ckpt_path`` when already loaded).
 
     The LRC model's ``student_logits`` is the training-time student; the returned HF model is the
     folded one (used by tests to prove equality).
     """
-    ckpt = load_lrc_checkpoint(ckpt_path)
+    ckpt = ckpt if ckpt is not None else load_lrc_checkpoint(ckpt_path)
     lrc = resolve_config(ckpt, flags or {})
-    teacher_path = raw_model_name or (ckpt.teacher.name_or_path if ckpt.teacher else None)
-    if not teacher_path:
-        raise ConversionError(f"{ckpt.path} is an official-code checkpoint: pass --raw-model-name TEACHER")
+    teacher_path = teacher_path_of(ckpt, raw_model_name)
     tcfg = load_teacher_config(teacher_path)
     check_family(tcfg)
     if ckpt.teacher is not None:
@@ -252,22 +284,22 @@ def _config_dtype(cfg) -> torch.dtype:
 def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | None = None,
                        flags: dict[str, Any] | None = None, dtype: str | None = None,
                        overwrite: bool = False, export_arch: str | None = None, tokenizer: str | None = None) -> Path:
-    """Fold an LRC checkpoint into a standard HF model directory at ``save_path``.
+    """Fold an LRC checkpoint into a standard HF model directory at ``save_path`` (module docstring).
 
     Args:
         ckpt_path: weights file, ``checkpoint-N`` directory, or training output directory.
         save_path: output directory (must not exist or be empty, unless ``overwrite``).
         raw_model_name: teacher path overriding the one stored in the checkpoint.
         flags: variant flags given on the command line; checked against the stored config.
-        dtype: output dtype ("float32", "bfloat16", "float16"; default: the teacher's).
+        dtype: output dtype (``OUTPUT_DTYPES``; default: the teacher's).
+        overwrite: replace ``save_path`` if it holds an earlier conversion's output.
         export_arch: "llama" writes a Qwen2-family student as an equivalent Llama checkpoint. With a
             standard HF Qwen2 checkpoint as ``ckpt_path`` (an already converted student) it only re-exports.
         tokenizer: where the student's tokenizer comes from (default: the teacher). Without a usable
             one the student is written without a tokenizer, with a warning.
     """
     out = Path(save_path)
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise ConversionError(f"--save-path {str(out)!r} exists and is not empty (pass --overwrite to replace it)")
+    target_dtype = _parse_dtype(dtype) if dtype else None
     if export_arch is not None and export_arch not in EXPORT_ARCHS:
         raise ConversionError(f"--export_arch {export_arch!r}: expected one of {', '.join(EXPORT_ARCHS)}")
     std = standard_hf_checkpoint(ckpt_path)
@@ -277,21 +309,179 @@ def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | Non
             f"{WEIGHTS_NAME}; e.g. a --model_cls origin/only_kd/tiny_bert baseline run or an already converted student): "
             f"it needs no conversion, load it with AutoModelForCausalLM.from_pretrained({str(std)!r})")
     if std is not None:
-        return _reexport(std, out, export_arch, dtype)
-    student, teacher_path, lrc, _ = build_student(ckpt_path, raw_model_name, flags)
+        check_save_path(out, overwrite, source=std)
+        return _reexport(std, out, export_arch, target_dtype, overwrite)
+    source = SourceInfo.of(ckpt_path)
+    ckpt = load_lrc_checkpoint(source.weights)
+    teacher_path = teacher_path_of(ckpt, raw_model_name)
+    check_save_path(out, overwrite, source=source.weights.parent, teacher=Path(teacher_path))
+    for note in source.notes:
+        log.warning(note)
+    student, teacher_path, lrc, _ = build_student(str(source.weights), raw_model_name, flags, ckpt=ckpt)
     if export_arch == "llama":
         student = export_as_llama(student)
-    target_dtype = _parse_dtype(dtype) if dtype else _teacher_dtype(teacher_path)
+    target_dtype = target_dtype or _teacher_dtype(teacher_path)
     student.to(target_dtype)
+    check_finite_output(student, source)
     try:
         student.generation_config = GenerationConfig.from_pretrained(*_gen_src(teacher_path))
     except OSError:
         pass  # teacher has no generation_config.json: keep the one derived from the config
-    meta = {"source_checkpoint": str(Path(ckpt_path).resolve()), "teacher": teacher_path, "lrc": lrc.to_dict(),
+    meta = {"source_checkpoint": str(Path(ckpt_path).resolve()), "source_weights": str(source.weights.resolve()),
+            "step": source.step, "verified": source.verified, "teacher": teacher_path, "lrc": lrc.to_dict(),
             "dtype": str(target_dtype).replace("torch.", ""), "export_arch": export_arch}
-    _save_atomically(out, student, _student_tokenizer(tokenizer, teacher_path, student.config.vocab_size), meta)
+    _save_atomically(out, student, _student_tokenizer(tokenizer, teacher_path, student.config.vocab_size), meta,
+                     overwrite)
     log.info("wrote the converted student to %s", out)
     return out
+
+
+# ----------------------------------------------------------------------------- what is converted, where to
+
+
+class SourceInfo:
+    """The weights file a ``--ckpt-path`` names, checked against its manifest, with its step and notes."""
+
+    def __init__(self, weights: Path, step: int | None, verified: bool, notes: list[str]):
+        self.weights, self.step, self.verified, self.notes = weights, step, verified, notes
+
+    def describe(self) -> str:
+        return (f"step {self.step if self.step is not None else '?'} of {self.weights.parent}"
+                + ("" if self.verified else " (no manifest: not verified)"))
+
+    @classmethod
+    def of(cls, ckpt_path: str | os.PathLike) -> "SourceInfo":
+        """Resolve ``ckpt_path`` (file, ``checkpoint-N`` or run directory) and verify what it names.
+
+        A directory with a manifest must verify (else ConversionError naming the problem). A run directory
+        without final weights converts its newest complete checkpoint, saying which it skipped; one whose final
+        weights are older than a complete checkpoint (an extension that did not finish) converts the final
+        weights, with a note naming the newer checkpoint."""
+        p = Path(ckpt_path)
+        notes: list[str] = []
+        if p.is_dir() and not (p / WEIGHTS_NAME).is_file() and not (p / "model.safetensors").is_file():
+            ckpts = [c for _, c in reversed(list_checkpoints(p)) if (c / WEIGHTS_NAME).is_file()]
+            for c in ckpts:
+                problem = verify_checkpoint(c) if (c / MANIFEST_NAME).is_file() else None
+                if problem is None:
+                    p = c
+                    break
+                notes.append(f"skipped {c} ({problem})")
+            else:
+                if ckpts:
+                    raise ConversionError(f"--ckpt-path {str(ckpt_path)!r}: no checkpoint in it verifies against its "
+                                          f"manifest ({'; '.join(notes)})")
+        weights = resolve_weights_file(p)
+        directory = weights.parent
+        verified = (directory / MANIFEST_NAME).is_file()
+        step = None
+        if verified:
+            problem = verify_manifest(directory, only=[weights.name])  # what conversion reads: size and sha256
+            if problem is None and checkpoint_step(directory) not in (None, read_manifest(directory)["step"]):
+                problem = f"its manifest is for step {read_manifest(directory)['step']}"
+            if problem:
+                raise ConversionError(f"{directory} does not verify against its manifest: {problem}; convert another "
+                                      f"checkpoint (nothing was written)")
+            step = read_manifest(directory)["step"]
+        else:
+            step = _trainer_state_step(directory)
+        newer = [(s, c) for s, c in list_checkpoints(directory) if step is not None and s > step
+                 and (c / WEIGHTS_NAME).is_file() and looks_complete(c) is None]
+        if newer:
+            s_new, c_new = newer[-1]
+            notes.append(f"{c_new} (step {s_new}) is newer than the final weights converted here (step {step}): an "
+                         f"extension of this run did not finish; --ckpt-path {c_new} converts it")
+        return cls(weights, step, verified, notes)
+
+
+def _trainer_state_step(directory: Path) -> int | None:
+    try:
+        return int(json.loads((directory / TRAINER_STATE_NAME).read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+_RUN_NAMES = (RUN_RECORD_NAME, MANIFEST_NAME, LOCK_NAME, STAGING_DIR, WEIGHTS_NAME, TRAINER_STATE_NAME)
+
+
+def _holds_run(d: Path) -> bool:
+    """``d`` is a training run's directory (its record, lock, manifest, staging or checkpoints) or a checkpoint."""
+    if not d.is_dir():
+        return False
+    if any((d / n).exists() for n in (RUN_RECORD_NAME, LOCK_NAME, STAGING_DIR)) or list_checkpoints(d):
+        return True
+    return (d / MANIFEST_NAME).is_file() or (checkpoint_step(d) is not None and (d / WEIGHTS_NAME).is_file())
+
+
+def _holds_model(d: Path) -> bool:
+    """``d`` holds a model that is not an earlier conversion's output (a teacher, say)."""
+    return d.is_dir() and (d / "config.json").is_file() and not (d / CONVERSION_RECORD).is_file()
+
+
+def _within(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or below it."""
+    return a == b or b in a.parents
+
+
+def check_save_path(out: Path, overwrite: bool, source: Path, teacher: Path | None = None) -> None:
+    """Refuse a ``--save-path`` that conversion must never write (module docstring), in one line, before anything
+    is read or written; then remove what killed conversions left beside it. ``source``: the directory of the weights
+    converted; ``teacher``: the teacher's directory or file."""
+    o = out.resolve()
+
+    def refuse(what: str) -> ConversionError:
+        return ConversionError(f"--save-path {str(out)!r} {what}; conversion never writes there: choose a new "
+                               f"directory (nothing was written)")
+
+    for g, name in ((source, "the checkpoint converted"), (teacher, "the teacher")):
+        if g is not None and g.exists() and _within(g.resolve(), o):
+            raise refuse(f"{'is' if g.resolve() == o else 'contains'} {name} ({g})")
+    t = teacher.resolve() if teacher is not None and teacher.exists() else None
+    if t is not None and _within(o, t.parent if t.is_file() else t):
+        raise refuse(f"is inside the teacher's directory ({t.parent if t.is_file() else t})")
+    if _holds_run(o):
+        raise refuse("is a training run or a checkpoint")
+    parent = o.parent
+    if _holds_run(parent) and checkpoint_step(parent) is None and parent.name != STAGING_DIR:
+        # a new directory beside a run's checkpoints (OUT/student): the run never writes, rotates or deletes it
+        if checkpoint_step(o) is not None or o.name in _RUN_NAMES or o.name.startswith("."):
+            raise refuse(f"is a name the training run in {parent} uses (e.g. use {parent / 'student'})")
+    else:
+        for d in o.parents:
+            if _holds_run(d) or d.name == STAGING_DIR:
+                raise refuse(f"is inside a training run or a checkpoint ({d})")
+            if _holds_model(d):
+                raise refuse(f"is inside a model's directory ({d})")
+    if o.exists():
+        if o.is_file():
+            raise ConversionError(f"--save-path {str(out)!r} is a file")
+        if any(o.iterdir()):
+            if not overwrite:
+                raise ConversionError(f"--save-path {str(out)!r} exists and is not empty (pass --overwrite to replace "
+                                      f"an earlier conversion's output)")
+            if not (o / CONVERSION_RECORD).is_file():
+                raise refuse(f"holds files that lrc convert did not write (no {CONVERSION_RECORD}); --overwrite "
+                             f"replaces only an earlier conversion's output")
+    for leftover in clear_stale_temporaries(o):
+        log.warning("removed %s: left by a conversion into %s that was killed", leftover, o)
+
+
+@torch.no_grad()
+def check_finite_output(student: torch.nn.Module, source: SourceInfo) -> None:
+    """Refuse a student whose weights or logits on a short test input are NaN/inf: weights that diverged in training
+    (the run's non-finite guard names the last good checkpoint)."""
+    for name, p in student.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ConversionError(f"the converted student's {name} holds NaN/inf values: {source.describe()} holds "
+                                  f"weights that diverged; convert an earlier checkpoint (nothing was written)")
+    vocab = student.config.vocab_size
+    ids = (torch.arange(16) * 7919 % vocab)[None].to(next(student.parameters()).device)
+    logits = student(input_ids=ids, use_cache=False).logits
+    if not bool(torch.isfinite(logits).all()):
+        raise ConversionError(f"the converted student gives NaN/inf logits on a test input: {source.describe()} holds "
+                              f"weights that diverged (largest |weight| "
+                              f"{max(float(p.abs().max()) for p in student.parameters()):.3g}); convert an earlier "
+                              f"checkpoint (nothing was written)")
 
 
 def _student_tokenizer(tokenizer: str | None, teacher_path: str, vocab_size: int):
@@ -305,38 +495,40 @@ def _student_tokenizer(tokenizer: str | None, teacher_path: str, vocab_size: int
 
 
 def _parse_dtype(dtype: str) -> torch.dtype:
-    target = getattr(torch, dtype, None)
-    if not isinstance(target, torch.dtype):
-        raise ConversionError(f"--dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16)")
-    return target
+    if dtype not in OUTPUT_DTYPES:
+        raise ConversionError(f"--dtype {dtype!r}: expected one of {', '.join(OUTPUT_DTYPES)} (a converted student "
+                              f"is a floating-point model; quantise it afterwards with your serving stack)")
+    return getattr(torch, dtype)
 
 
-def _reexport(src: Path, out: Path, export_arch: str, dtype: str | None) -> Path:
+def _reexport(src: Path, out: Path, export_arch: str, target_dtype: torch.dtype | None, overwrite: bool) -> Path:
     """Write an already converted (standard HF) student in another architecture."""
     cfg = AutoConfig.from_pretrained(src, trust_remote_code=False)
     why = _llama_export_refusal(cfg)
     if why:
         raise ConversionError(f"--export_arch llama: {why}")
     student = load_causal_lm(str(src), dtype=torch.float32)  # the one safe loader (no remote code)
-    target_dtype = _parse_dtype(dtype) if dtype else _config_dtype(cfg)
+    target_dtype = target_dtype or _config_dtype(cfg)
     llama = export_as_llama(student).to(target_dtype)
     meta = {"source_checkpoint": str(src.resolve()), "dtype": str(target_dtype).replace("torch.", ""),
             "export_arch": export_arch}
-    old = src / "lrc_conversion.json"
+    old = src / CONVERSION_RECORD
     if old.is_file():
         meta["conversion"] = json.loads(old.read_text())
-    _save_atomically(out, llama, _student_tokenizer(None, str(src), cfg.vocab_size), meta)
+        meta["step"] = meta["conversion"].get("step")
+    _save_atomically(out, llama, _student_tokenizer(None, str(src), cfg.vocab_size), meta, overwrite)
     log.info("wrote the %s export of %s to %s", export_arch, src, out)
     return out
 
 
-def _save_atomically(out: Path, model: torch.nn.Module, tokenizer, meta: dict[str, Any]) -> None:
-    """Save model + tokenizer + ``lrc_conversion.json`` to a temporary sibling, then rename it to ``out``."""
-    with atomic_dir(out) as tmp:
+def _save_atomically(out: Path, model: torch.nn.Module, tokenizer, meta: dict[str, Any], overwrite: bool) -> None:
+    """Save model + tokenizer + ``lrc_conversion.json`` to a temporary sibling, then rename it to ``out`` (replacing
+    an earlier output only with ``overwrite``; never a directory another process filled meanwhile)."""
+    with atomic_dir(out, replace=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / "lrc_conversion.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / CONVERSION_RECORD).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _gen_src(teacher_path: str) -> tuple:

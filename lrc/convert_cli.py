@@ -15,10 +15,11 @@ it needs no conversion.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
-from .convert import convert_checkpoint
+from .convert import CONVERSION_RECORD, convert_checkpoint
 from .options import from_keywords, options, run_command
 
 
@@ -35,7 +36,7 @@ class ConvertOptions:
     dtype: str | None = None
     """output dtype: float32 | bfloat16 | float16 (default: the teacher's)"""
     overwrite: bool = False
-    """replace a non-empty --save_path"""
+    """replace --save_path when it holds an earlier conversion's output (never anything else)"""
     export_arch: str | None = None
     """llama: write a Qwen2-family student as an equivalent Llama checkpoint"""
     tokenizer: str | None = None
@@ -91,7 +92,11 @@ def convert(opts: ConvertOptions, checks: StoredConfigChecks | None = None,
     out = convert_checkpoint(opts.ckpt_path, opts.save_path, raw_model_name=opts.raw_model_name, flags=flags,
                              dtype=opts.dtype, overwrite=opts.overwrite, export_arch=opts.export_arch,
                              tokenizer=opts.tokenizer)
-    print(f"converted student written to {out}\n"
+    meta = json.loads((out / CONVERSION_RECORD).read_text())
+    step = meta.get("step")
+    where = meta.get("source_weights") or meta.get("source_checkpoint")
+    print(f"converted student written to {out} (step {step if step is not None else 'unknown'} of {where}"
+          f"{'' if meta.get('verified', True) else ', not verified: no manifest'})\n"
           f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 

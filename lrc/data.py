@@ -116,8 +116,9 @@ class PackedJsonlDataset(Dataset):
         self.vocab_size = vocab_size
         if not os.path.isfile(self.path):
             raise DataError(f"{self.path}: no such file")
-        # (N,) byte offset of each non-blank line; every line checked once (cached by file identity)
-        self.offsets: np.ndarray = cached_index(self.path, vocab_size, progress=progress)
+        # (N,) byte offset and number of tokens of each non-blank line; every line checked once (cached by file
+        # identity)
+        self.offsets, self.lengths = cached_index(self.path, vocab_size, progress=progress)
         self._fh: IO[bytes] | None = None
         self._pid: int | None = None
 
@@ -368,6 +369,28 @@ class TokenShardDataset(Dataset):
     def __repr__(self) -> str:
         return (f"TokenShardDataset({self.path!r}, {len(self)} sequences of {self.seq_len} tokens, "
                 f"data_max_len={self.data_max_len})")
+
+
+def cut_note(dataset: Dataset, flag: str) -> str | None:
+    """One line when sequences of ``dataset`` are longer than its ``data_max_len`` and their tails are dropped (packed
+    jsonl lines, token shards of a longer ``seq_len``): how many are cut and the fraction of the tokens lost; None
+    when nothing is cut."""
+    S = getattr(dataset, "data_max_len", None)
+    if isinstance(dataset, PackedJsonlDataset):
+        lengths = dataset.lengths.astype(np.int64)
+        cut = lengths > S
+        if not cut.any():
+            return None
+        lost = int((lengths[cut] - S).sum())
+        return (f"{flag} {dataset.path}: {int(cut.sum()):,} of {len(lengths):,} lines are longer than --data_max_len "
+                f"{S} (up to {int(lengths.max()):,} tokens) and are cut to it: {lost:,} of {int(lengths.sum()):,} "
+                f"tokens ({lost / max(1, int(lengths.sum())):.0%}) are never trained on; pass --data_max_len "
+                f"{int(lengths.max())} to keep them, or pack the data to {S} tokens a line")
+    if isinstance(dataset, TokenShardDataset) and dataset.seq_len > S:
+        return (f"{flag} {dataset.path}: its sequences have {dataset.seq_len} tokens and are cut to --data_max_len {S}: "
+                f"{1 - S / dataset.seq_len:.0%} of the tokens are never trained on; pass --data_max_len "
+                f"{dataset.seq_len}, or prepare the data with --data-max-len {S}")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------

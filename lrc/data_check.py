@@ -76,9 +76,10 @@ def check_ids(obj: object, vocab_size: int, raw: bytes | None = None) -> str | N
     return None
 
 
-def _check_range(path: str, start: int, end: int, vocab_size: int) -> tuple[np.ndarray, int]:
-    """Lines starting in [start, end): (offsets of the non-blank ones, number of lines)."""
+def _check_range(path: str, start: int, end: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Lines starting in [start, end): (offsets of the non-blank ones, their numbers of tokens, number of lines)."""
     offsets: list[int] = []
+    lengths: list[int] = []
     lines = 0
     with open(path, "rb") as f:
         f.seek(start)
@@ -103,8 +104,9 @@ def _check_range(path: str, start: int, end: int, vocab_size: int) -> tuple[np.n
                 if problem:
                     raise LineProblem(pos, problem)
                 offsets.append(pos)
+                lengths.append(len(obj["input_ids"]))
             pos += len(raw)
-    return np.asarray(offsets, dtype=np.uint64), lines
+    return np.asarray(offsets, dtype=np.uint64), np.asarray(lengths, dtype=np.uint64), lines
 
 
 def line_number_at(path: str, offset: int) -> int:
@@ -120,8 +122,9 @@ def line_number_at(path: str, offset: int) -> int:
     return count + 1
 
 
-def index_packed_jsonl(path: str, vocab_size: int, progress: bool = True) -> np.ndarray:
-    """Check every line of ``path`` and return the byte offsets of its non-blank lines, (N,) uint64.
+def index_packed_jsonl(path: str, vocab_size: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Check every line of ``path`` and return the byte offsets of its non-blank lines and their numbers of tokens,
+    both (N,) uint64.
 
     Raises ``lrc.data.DataError`` naming ``path:line`` at the first bad line (and for an empty file).
     """
@@ -162,23 +165,26 @@ def index_packed_jsonl(path: str, vocab_size: int, progress: bool = True) -> np.
     offsets = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.uint64)
     if offsets.size == 0:
         raise DataError(f"{path}: no data (only blank lines)")
-    return offsets
+    return offsets, np.concatenate([p[1] for p in parts])
 
 
-def cached_index(path: str, vocab_size: int, progress: bool = True) -> np.ndarray:
+def cached_index(path: str, vocab_size: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``index_packed_jsonl``, cached by the file's identity and ``vocab_size`` (see the module docstring)."""
     from .file_cache import entry_path, file_key
 
-    entry = entry_path("packed-jsonl-index", file_key(path, vocab_size, "v1"), ".npy")
+    entry = entry_path("packed-jsonl-index", file_key(path, vocab_size, "v2"), ".npy")
     try:
-        return np.load(entry, allow_pickle=False)
+        both = np.load(entry, allow_pickle=False)
+        if both.ndim == 2 and both.shape[0] == 2:
+            return both[0], both[1]
     except (OSError, ValueError):
         pass
-    offsets = index_packed_jsonl(path, vocab_size, progress)
+    offsets, lengths = index_packed_jsonl(path, vocab_size, progress)
     try:
         from .run_dir import atomic_write
 
-        atomic_write(entry, lambda p: np.save(open(p, "wb"), offsets, allow_pickle=False))
+        both = np.stack([offsets, lengths])
+        atomic_write(entry, lambda p: np.save(open(p, "wb"), both, allow_pickle=False))
     except OSError:
         pass
-    return offsets
+    return offsets, lengths

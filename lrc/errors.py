@@ -9,7 +9,7 @@ full traceback is printed only with ``LRC_DEBUG=1``. Anything else is a bug and 
 |---|---|
 | 0 | done (also: nothing to do, e.g. a finished run resumed) |
 | 2 | bad input or environment: a flag, a file, a checkpoint, a held lock, a full or read-only disk |
-| 3 | the loss became NaN/inf; nothing was saved after it |
+| 3 | the loss became NaN/inf (nothing was saved after it), or `lrc eval` scored NaN/inf |
 | 75 | stopped by SIGTERM/SIGINT after writing a checkpoint: resume it (EX_TEMPFAIL: "try again") |
 | 130 | interrupted before anything could be saved (a second signal, or one before training began) |
 
@@ -43,6 +43,12 @@ class LRCError(Exception):
 class DataError(LRCError, ValueError):
     """Bad training data: the message names the file, the 1-based line where there is one, and what was expected.
     (``lrc.data``, ``lrc.token_shards`` and ``lrc.prepare`` raise it; ``lrc.data.DataError`` is the same class.)"""
+
+
+class NonFiniteError(LRCError, ArithmeticError):
+    """A loss or a score came out NaN or infinite (exit code 3)."""
+
+    exit_code = EXIT_NONFINITE
 
 
 class InterruptedRun(LRCError):

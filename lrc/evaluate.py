@@ -190,10 +190,16 @@ class EvalOptions:
 
 def evaluate(opts: EvalOptions) -> HeldoutResult:
     """Score ``opts.model`` on ``opts.data`` and print one line: tokens, CE and perplexity."""
+    from .errors import NonFiniteError
+
     r = model_heldout_perplexity(opts.model, opts.data, opts.data_max_len, opts.batch_size,
                                  opts.max_sequences or None, opts.text_field)
     print(f"{opts.model}: {r.tokens} predicted tokens of {opts.data} (sequences of {opts.data_max_len}): "
           f"ce {r.ce:.4f}  ppl {r.ppl:.2f}")
+    if not math.isfinite(r.ce):
+        raise NonFiniteError(f"{opts.model}: its cross-entropy on {opts.data} is {r.ce} (NaN/inf logits): the model's "
+                             f"weights overflow on this input (e.g. converted from a checkpoint that diverged); this is "
+                             f"not a score")
     return r
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from .config import LRCConfig
+from .config import LRCConfig, LRCConfigError
 from .errors import LRCError
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -79,7 +79,41 @@ def student_config(teacher_config: PretrainedConfig, lrc: LRCConfig) -> Pretrain
                 delattr(cfg, key)
             except AttributeError:
                 pass
+    why = _config_refusal(cfg)
+    if why:
+        raise LRCConfigError(f"target_hidden_size={lrc.target_hidden_size}: the student's {type(cfg).__name__} would "
+                             f"not load in transformers ({why}); nearest widths it accepts: "
+                             f"{', '.join(map(str, _nearest_valid_widths(cfg, teacher_config.hidden_size)))}")
     return cfg
+
+
+def _config_refusal(cfg: PretrainedConfig) -> str | None:
+    """transformers' own check of a config (``validate``: e.g. Llama wants hidden_size divisible by the number of
+    heads, even with an explicit head_dim), or None when it passes. A config that fails it is written without
+    complaint but refused by ``from_pretrained``: so the student's is checked before training, not at conversion."""
+    validate = getattr(cfg, "validate", None)
+    if validate is None:
+        return None
+    try:
+        validate()
+    except Exception as e:  # noqa: BLE001 - transformers raises its own validation error types
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return lines[-1] if lines else type(e).__name__
+    return None
+
+
+def _nearest_valid_widths(cfg: PretrainedConfig, teacher_hidden: int) -> list[int]:
+    """The nearest student widths below and above ``cfg.hidden_size`` (under the teacher's) that pass ``validate``."""
+    want = cfg.hidden_size
+    found = []
+    for candidates in (range(want - 1, 0, -1), range(want + 1, teacher_hidden)):
+        for w in candidates:
+            probe = copy.deepcopy(cfg)
+            probe.hidden_size = w
+            if _config_refusal(probe) is None:
+                found.append(w)
+                break
+    return sorted(found)
 
 
 # Keys of a config dict that do not change the network a checkpoint was trained against.

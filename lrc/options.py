@@ -44,6 +44,25 @@ class OptionError(LRCConfigError):
     """A command-line flag is unknown, malformed or contradicts another (one-line message)."""
 
 
+def closest_flag(name: str, known: Iterable[str]) -> str | None:
+    """The known flag name closest to a misspelled ``name`` (``difflib``), or None when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def unknown_flags_text(names: Iterable[str], known: Iterable[str]) -> str:
+    """``--a, --b (did you mean --x?)``: the unknown flag names, each with the closest known one where there is a
+    close one."""
+    known = list(known)
+    out = []
+    for n in dict.fromkeys(names):
+        close = closest_flag(n, known)
+        out.append(f"--{n}" + (f" (did you mean --{close}?)" if close else ""))
+    return ", ".join(out)
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its docstring (the string literal right below the field in ``cls``'s source), one paragraph."""
     try:
@@ -111,11 +130,15 @@ class OptionParser(HfArgumentParser):
         if rest:
             flags = [t.split("=", 1)[0] for t in rest if t.startswith("-")]
             if flags:
-                names = ", ".join(dict.fromkeys("--" + t.lstrip("-").replace("-", "_") for t in flags))
+                names = unknown_flags_text((t.lstrip("-").replace("-", "_") for t in flags), self.flag_names())
                 raise OptionError(f"unknown flag(s): {names} ({self.prog} --help lists them)")
             raise OptionError(f"unexpected argument(s) {' '.join(rest)!r}: every value follows its --flag "
                               f"({self.prog} --help)")
         return vars(ns)
+
+    def flag_names(self) -> list[str]:
+        """Every flag's field name."""
+        return [a.dest for a in self._actions if a.option_strings and a.dest != "help"]
 
     def parse(self, argv: Sequence[str]) -> tuple[Any, ...]:
         """One instance per dataclass type: its defaults, overridden by the flags in ``argv``."""
@@ -128,7 +151,7 @@ def from_keywords(dtypes: Sequence[type], values: dict[str, Any], *, prog: str) 
     names = {f for t in dtypes for f in t.__dataclass_fields__}
     unknown = sorted(k for k in values if k not in names)
     if unknown:
-        raise OptionError(f"unknown flag(s): {', '.join('--' + k for k in unknown)} ({prog} --help lists them)")
+        raise OptionError(f"unknown flag(s): {unknown_flags_text(unknown, names)} ({prog} --help lists them)")
     return tuple(t(**{k: v for k, v in values.items() if k in t.__dataclass_fields__}) for t in dtypes)
 
 

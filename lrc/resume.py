@@ -4,12 +4,17 @@ A run's *record* (``run_record``: its flags, world size, data, teacher and metho
 ``OUT/run_config.json`` when it starts and into every checkpoint it writes. ``plan_resume`` decides,
 before the teacher loads, what the new run does:
 
-- ``--resume auto``: the newest ``checkpoint-N`` whose manifest verifies (newer ones are skipped and
-  named, with the reason). None, but files of a run: refused (a run is never started over). Nothing
-  there: a fresh start.
+- ``--resume auto``: the newest ``checkpoint-N`` of the run's *live line* whose manifest verifies (newer
+  ones are skipped and named, with the reason). The live line is the chain of runs recorded in
+  ``OUT/run_config.json`` (``lineage``): after a rollback (``--resume OUT/checkpoint-2`` while a
+  ``checkpoint-4`` exists) the abandoned continuation's checkpoints are not on it. A checkpoint whose
+  weights produced a non-finite loss (``nonfinite`` in the record) is skipped too. None, but checkpoints
+  or final files of a run: refused (a run is never started over). Nothing there, or only the record of
+  a start that ended before its first checkpoint: a fresh start.
 - ``--resume PATH``: that checkpoint, which must verify.
-- No ``--resume``: a fresh start, refused over files of a run unless ``--overwrite_output_dir``
-  (which, with ``--resume auto``, applies only when there is nothing to resume: the demo's case).
+- No ``--resume``: a fresh start, refused over checkpoints or final files of a run unless
+  ``--overwrite_output_dir`` (which, with ``--resume auto``, applies only when there is nothing to
+  resume: the demo's case).
 
 Then the checkpoint's record is compared with the new run:
 
@@ -25,18 +30,20 @@ whose final files were not all written gets them from its last checkpoint (``fin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError, TeacherRef
-from .run_dir import (RUN_RECORD_NAME, TRAINER_STATE_NAME, RunDirError, finished_step, newest_complete_checkpoint,
-                      previous_run_files, read_manifest, verify_checkpoint)
+from .run_dir import (RUN_RECORD_NAME, TRAINER_STATE_NAME, RunDirError, checkpoint_step, finished_step,
+                      list_checkpoints, previous_run_files, read_manifest, verify_checkpoint)
 
 RECORD_FORMAT = 1
 
@@ -74,28 +81,74 @@ class FlagChange:
 
 def _show(v: Any) -> str:
     if isinstance(v, dict) and "paths" in v:  # a dataset identity
-        return f"{','.join(v['paths'])} [{v['bytes']:,} bytes]"
+        return f"{','.join(v['paths'])} [{v['bytes']:,} bytes, content {v.get('sample_sha256', '?')[:12]}]"
     return repr(v)
 
 
+SAMPLE_BLOCK = 64 << 10
+SAMPLE_BLOCKS = 64
+"""``dataset_identity``'s content fingerprint reads this many blocks of ``SAMPLE_BLOCK`` bytes in all (at most)."""
+
+
+def _data_files(real: str) -> list[Path]:
+    if os.path.isdir(real):
+        return sorted(f for f in Path(real).rglob("*") if f.is_file())
+    return [Path(real)] if os.path.isfile(real) else []
+
+
+def content_sample_sha256(files: list[Path]) -> str:
+    """sha256 of every file's name and size and of ``SAMPLE_BLOCKS`` blocks of ``SAMPLE_BLOCK`` bytes spread evenly over
+    the files' contents (a file within its share is read whole; with more files than blocks, one block from each of
+    ``SAMPLE_BLOCKS`` evenly chosen files): at most 4 MiB read whatever the data's size, and it changes when a small
+    file, or a sampled part of a large one, is rewritten in place at the same size."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+    step = max(1, len(files) / SAMPLE_BLOCKS)
+    sampled = [files[int(i * step)] for i in range(min(len(files), SAMPLE_BLOCKS))]
+    per_file = max(1, SAMPLE_BLOCKS // max(1, len(sampled)))
+    for f in sampled:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            if size <= per_file * SAMPLE_BLOCK:
+                h.update(fh.read())
+                continue
+            for i in range(per_file):
+                fh.seek((size - SAMPLE_BLOCK) * i // max(1, per_file - 1))
+                h.update(fh.read(SAMPLE_BLOCK))
+    return h.hexdigest()[:16]
+
+
 def dataset_identity(spec: str) -> dict[str, Any]:
-    """What a resume compares for ``--dataset_name``: the real paths and their total size in bytes."""
+    """What a resume compares for ``--dataset_name``: the real paths, their total size in bytes and a content
+    fingerprint of sampled blocks (``content_sample_sha256``)."""
     parts = [spec] if os.path.exists(spec) or "," not in spec else [p.strip() for p in spec.split(",") if p.strip()]
-    paths, total = [], 0
+    paths, files = [], []
     for p in parts:
         real = os.path.realpath(p)
         paths.append(real)
-        if os.path.isdir(real):
-            total += sum(f.stat().st_size for f in Path(real).rglob("*") if f.is_file())
-        elif os.path.isfile(real):
-            total += os.path.getsize(real)
-    return {"paths": paths, "bytes": total}
+        files += _data_files(real)
+    return {"paths": paths, "bytes": sum(f.stat().st_size for f in files), "sample_sha256": content_sample_sha256(files)}
+
+
+def _same_dataset(a: Any, b: Any) -> bool:
+    """Dataset identities are equal; the content fingerprint counts only where both records have one (records
+    written before it existed have none)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return a == b
+    keys = {"paths", "bytes"} | ({"sample_sha256"} if "sample_sha256" in a and "sample_sha256" in b else set())
+    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def run_record(cfg: dict[str, Any], world_size: int, teacher: TeacherRef, lrc: dict[str, Any]) -> dict[str, Any]:
-    """The record of a run: its resolved flags, world size, data, teacher and method (JSON-ready)."""
+    """The record of a run: its resolved flags, world size, data, teacher and method (JSON-ready).
+
+    ``run_id`` names this start of the run; ``lineage`` (set by ``plan_resume``) is its live line."""
+    run_id = uuid.uuid4().hex[:16]
     return {
         "lrc_run_record": RECORD_FORMAT,
+        "run_id": run_id,
+        "lineage": new_lineage(None, 0, run_id),
         "flags": {k: v for k, v in cfg.items() if not k.startswith("_")},
         "given": cfg.get("_given", []),
         "model_cls": cfg["model_cls"],
@@ -122,6 +175,63 @@ def read_record(directory: str | os.PathLike) -> dict[str, Any]:
     return rec
 
 
+def read_record_or_none(directory: str | os.PathLike) -> dict[str, Any] | None:
+    try:
+        return read_record(directory)
+    except CheckpointError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- the live line
+def new_lineage(stored: dict[str, Any] | None, step: int, run_id: str) -> list[dict[str, Any]]:
+    """The live line of a run that starts fresh (``stored`` None) or resumes, at ``step``, from a checkpoint whose
+    record is ``stored``: the runs whose checkpoints it continues, each with the last step taken from it
+    (``until_step``; None for the run now training). Only runs that wrote a checkpoint on the way are in it (a
+    start killed before its first checkpoint never is), so it stays short across any number of requeues."""
+    if stored is None:
+        return [{"run_id": run_id, "until_step": None}]
+    line = [dict(e) for e in (stored.get("lineage") or [{"run_id": stored.get("run_id"), "until_step": None}])]
+    line[-1]["until_step"] = step
+    return line + [{"run_id": run_id, "until_step": None}]
+
+
+def on_line(record: dict[str, Any] | None, step: int, lineage: list[dict[str, Any]]) -> bool:
+    """Whether a checkpoint at ``step`` written by the run of ``record`` is on ``lineage``. A record without a
+    ``run_id`` (written before lineages existed) is the run ``None``."""
+    if record is None:
+        return False
+    rid = record.get("run_id")
+    return any(e.get("run_id") == rid and (e.get("until_step") is None or step <= e["until_step"]) for e in lineage)
+
+
+def off_line_reason(record: dict[str, Any] | None, lineage: list[dict[str, Any]]) -> str:
+    """Why a checkpoint is not on the live line, for the skip message."""
+    rid = record.get("run_id") if record else None
+    left = [e["until_step"] for e in lineage if e.get("run_id") == rid and e.get("until_step") is not None]
+    if left:
+        return (f"an abandoned continuation: the live line of this run left the run that wrote it at step {left[0]} "
+                f"(a later start resumed from checkpoint-{left[0]})")
+    return "written by a run that is not on the live line of this run (a start that was later rolled back)"
+
+
+def checkpoint_on_line(path: Path, lineage: list[dict[str, Any]] | None) -> bool:
+    """``on_line`` for a checkpoint directory (every checkpoint is, when the live line is unknown)."""
+    if lineage is None:
+        return True
+    step = checkpoint_step(path)
+    return step is not None and on_line(read_record_or_none(path), step, lineage)
+
+
+def suspect_reason(record: dict[str, Any] | None, step: int) -> str | None:
+    """Why a checkpoint at ``step`` is skipped by ``--resume auto`` after the live run stopped on a non-finite
+    loss (``record["nonfinite"]``, the root record), or None."""
+    bad = (record or {}).get("nonfinite")
+    if bad and step >= bad["step"] - 1:
+        return (f"its weights produced the non-finite loss of step {bad['step']} (pass --resume PATH to resume from it "
+                f"anyway)")
+    return None
+
+
 def _value(record: dict[str, Any], name: str) -> Any:
     if name == "world_size":
         return record.get("world_size")
@@ -134,7 +244,7 @@ def compare_records(stored: dict[str, Any], now: dict[str, Any]) -> list[FlagCha
     """The ``CHECKED_FLAGS`` whose values differ (``num_epochs`` only when either run counts epochs)."""
     epochs_matter = -1 in (_value(stored, "max_steps"), _value(now, "max_steps"))
     return [FlagChange(n, _value(stored, n), _value(now, n)) for n in CHECKED_FLAGS
-            if (n != "num_epochs" or epochs_matter) and _value(stored, n) != _value(now, n)]
+            if (n != "num_epochs" or epochs_matter) and not _same_dataset(_value(stored, n), _value(now, n))]
 
 
 def method_mismatch(stored: dict[str, Any], now: dict[str, Any], where: str) -> None:
@@ -193,6 +303,9 @@ class ResumePlan:
     """The run is complete at this step (>= --max_steps): nothing to train."""
     finalize_from: str | None = None
     """Training had reached --max_steps but the final files were not all written: take them from here."""
+    final_outputs_abandoned: int | None = None
+    """The root holds final outputs of step N > the checkpoint resumed from (a rollback): they no longer belong to
+    the live line, so their manifest is removed when the run starts (the files stay until it finishes)."""
 
     @property
     def changed(self) -> set[str]:
@@ -207,10 +320,12 @@ class ResumePlan:
 
 def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bool, record: dict[str, Any],
                 allow_changed: set[str]) -> ResumePlan:
-    """Decide what the run does in ``output_dir`` (see the module docstring). Raises a one-line error."""
+    """Decide what the run does in ``output_dir`` (see the module docstring). Raises a one-line error.
+
+    Sets ``record["lineage"]``: this run's live line (``new_lineage``)."""
     out = Path(output_dir)
     plan = ResumePlan(record=record)
-    previous = previous_run_files(out)
+    previous = [n for n in previous_run_files(out) if n != RUN_RECORD_NAME]  # a record alone: nothing of value
     if resume is None:
         if previous and not overwrite:
             raise RunDirError(f"--output_dir {str(out)!r} already holds a run ({', '.join(previous[:4])}"
@@ -220,8 +335,7 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
     max_steps = record["flags"]["max_steps"]
     done = finished_step(out)  # hashes the final files once: used below too
     if resume == "auto":
-        ckpt, skipped = newest_complete_checkpoint(out)
-        plan.skipped = [(str(p), why) for p, why in skipped]
+        ckpt, plan.skipped = _newest_on_line(out)
         if done is not None and (ckpt is None or checkpoint_step_of(ckpt) <= done) and max_steps > 0 \
                 and done >= max_steps:
             plan.finished_at = done
@@ -230,9 +344,9 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
             if previous and not overwrite:
                 reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in plan.skipped) or "no checkpoint-N"
                 raise RunDirError(f"--resume auto: {str(out)!r} holds files of a run ({', '.join(previous[:4])}) but no "
-                                  f"complete checkpoint ({reasons}); refusing to start over it: pass "
+                                  f"complete checkpoint on its live line ({reasons}); refusing to start over it: pass "
                                   f"--overwrite_output_dir to delete them, or --resume PATH")
-            return plan  # an empty directory: the same command starts and later resumes a run
+            return plan  # nothing of value there: the same command starts and later resumes a run
     else:
         ckpt = Path(resume)
         problem = "not a directory" if not ckpt.is_dir() else verify_checkpoint(ckpt)
@@ -252,12 +366,34 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
     plan.step = read_manifest(ckpt)["step"]
     record["resumed_from"] = where
     record["changed_on_resume"] = [{"flag": c.name, "from": c.stored, "to": c.now} for c in changes]
+    record["lineage"] = new_lineage(stored, plan.step, record["run_id"])
     if plan.step >= _target_steps(ckpt, record):
         if done is not None and done >= plan.step:
             plan.finished_at = done
         else:
             plan.finalize_from = where
+    elif done is not None and done > plan.step:
+        plan.final_outputs_abandoned = done
     return plan
+
+
+def _newest_on_line(out: Path) -> tuple[Path | None, list[tuple[str, str]]]:
+    """The newest checkpoint of ``out`` that is on the live line of the run recorded at its root, is not suspect
+    (``suspect_reason``) and verifies; and the newer ones skipped, with the reason. Without a lineage in the root
+    record (a run of an older version, or none): the newest that verifies."""
+    root = read_record_or_none(out)
+    lineage = (root or {}).get("lineage")
+    skipped: list[tuple[str, str]] = []
+    for step, p in reversed(list_checkpoints(out)):
+        rec = read_record_or_none(p)
+        problem = None
+        if lineage is not None and not on_line(rec, step, lineage):
+            problem = off_line_reason(rec, lineage)
+        problem = problem or suspect_reason(root, step) or verify_checkpoint(p)
+        if problem is None:
+            return p, skipped
+        skipped.append((str(p), problem))
+    return None, skipped
 
 
 def checkpoint_step_of(path: str | os.PathLike) -> int:

@@ -115,29 +115,6 @@ def _check_parallelism(args) -> None:
                         "modules' forward); use DDP or DeepSpeed ZeRO-2")
 
 
-def _open_run_dir(cfg: dict[str, Any], args, teacher_path: str, stack: contextlib.ExitStack):
-    """Main process: claim --output_dir (writable, locked) and decide what the run does there (lrc.resume)."""
-    from lrc.checkpoint import TeacherRef
-    from lrc.resume import plan_resume, run_record
-    from lrc.run_dir import RunLock, check_output_dir
-    from lrc.teacher import load_teacher_config, teacher_fingerprint, weights_fingerprint
-
-    out = Path(cfg["output_dir"]).resolve()
-    free = check_output_dir(out)
-    lock = stack.enter_context(RunLock(out))
-    if lock.stale_holder is not None:
-        warn(f"{lock.path}: the run that held it ({lock.stale_holder.describe()}) ended without releasing it "
-             f"(killed?); this run takes it over")
-    say(f"output dir {out}: locked by this run, {free / 2**30:.1f} GiB free")
-    tcfg = load_teacher_config(teacher_path)
-    lrc = lrc_config_from_flags(cfg)
-    lrc.validate(tcfg)
-    ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type, weights_fingerprint(teacher_path))
-    record = run_record(cfg, args.world_size, ref, lrc.to_dict())
-    allowed = {a for a in cfg["allow_changed"].split(",") if a}
-    return plan_resume(out, cfg["resume"], cfg["overwrite_output_dir"], record, allowed)
-
-
 def _check_free_space(out: Path, model, deepspeed: bool) -> None:
     """Warn when --output_dir cannot hold two more checkpoints (fp32 weights + AdamW's two moments)."""
     n = sum(p.numel() for p in model.trainable_parameters())
@@ -154,21 +131,14 @@ def train(cfg: dict[str, Any], trainer_cls=None):
     finished run resumed). Raises ``lrc.preemption.Preempted`` (exit 75) after a SIGTERM/SIGINT stop.
     """
     import torch
-    from transformers import set_seed
 
-    from lrc.checkpoint import (CheckpointError, TeacherRef, init_from_checkpoint, load_into_projections,
-                                load_lrc_checkpoint, official_to_ours)
-    from lrc.data import build_dataset
+    from lrc.checkpoint import CheckpointError
     from lrc.errors import InterruptedRun
-    from lrc.model import LRCModel
-    from lrc.preemption import GracefulStop, Preempted, StopOnSignal
-    from lrc.run_dir import (RUN_RECORD_NAME, clear_previous_run, clear_staging, decided_on_main, unpickler_refusal,
-                             weights_only_loads, write_final_outputs, write_json_atomic)
-    from lrc.teacher import find_tokenizer, load_teacher, load_teacher_config
-    from lrc.trainer import BaselineTrainer, LRCTrainer
+    from lrc.preemption import GracefulStop, Preempted
+    from lrc.run_dir import decided_on_main, unpickler_refusal, weights_only_loads, write_final_outputs
+    from lrc.run_start import RunStart, open_run_dir
 
     baseline = cfg["model_cls"] != "distill"
-    trainer_cls = trainer_cls or (BaselineTrainer if baseline else LRCTrainer)
     cuda = torch.cuda.is_available()
     _report_env(cfg)
     args = build_training_args(cfg, cuda)  # under `accelerate launch` this initialises torch.distributed
@@ -177,10 +147,10 @@ def train(cfg: dict[str, Any], trainer_cls=None):
     out = Path(cfg["output_dir"]).resolve()
     raw = cfg["raw_model_name"]
     teacher_path = str(Path(raw).resolve()) if Path(raw).exists() else raw
-
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(GracefulStop())
-        plan = decided_on_main(lambda: _open_run_dir(cfg, args, teacher_path, stack), main)
+        start = RunStart(out)
+        plan = decided_on_main(lambda: open_run_dir(cfg, args.world_size, teacher_path, stack, start), main)
         for m in plan.messages():
             say(m)
         if plan.finished_at is not None:
@@ -193,106 +163,11 @@ def train(cfg: dict[str, Any], trainer_cls=None):
             say(f"{plan.finalize_from} is at --max_steps {cfg['max_steps']}: training had finished; its final outputs "
                 f"are now written to {out}")
             return None
-        if main:
-            if cfg["overwrite_output_dir"] and plan.checkpoint is None:
-                clear_previous_run(out)
-            clear_staging(out)  # half-written checkpoints of a killed run
-
-        tcfg = load_teacher_config(teacher_path)
-        lrc = lrc_config_from_flags(cfg)
-        tokenizer, no_tokenizer = find_tokenizer(cfg["tokenizer"] or teacher_path, tcfg.vocab_size)
-        with args.main_process_first(desc="data check"):  # the first process checks and caches, the others read
-            train_ds = build_dataset(cfg["dataset_name"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
-                                     cfg["text_field"], no_tokenizer)
-            eval_ds = None
-            if cfg["eval_dataset"]:
-                eval_ds = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
-                                        cfg["text_field"], no_tokenizer)
-                if cfg["eval_max_sequences"]:
-                    eval_ds = torch.utils.data.Subset(eval_ds, range(min(cfg["eval_max_sequences"], len(eval_ds))))
-        if tokenizer is None and baseline:
-            warn(f"{no_tokenizer}: the trained student is saved without a tokenizer")
-        plan.record["train_sequences"] = len(train_ds)
-
-        t0 = time.time()
-        teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if cfg["bf16"] else torch.float32,
-                               attn_implementation=cfg["attn_implementation"])
-        say(f"teacher {raw} loaded in {time.time() - t0:.0f}s: {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M "
-            f"params, {tcfg.num_hidden_layers} layers, hidden {tcfg.hidden_size} -> student {lrc.target_hidden_size}")
-        set_seed(cfg["seed"])  # projection / student init
-        if baseline:
-            from lrc.baselines import BaselineConfig, BaselineModel
-
-            model = BaselineModel(teacher, BaselineConfig(cfg["model_cls"], lrc, attn_loss=cfg["tiny_bert_attn_loss"]))
-            if cfg["gradient_checkpointing"]:
-                model.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model = LRCModel(teacher, lrc)
-            model.projections.float()  # fp32 master weights whatever the teacher's dtype
-            if cfg["gradient_checkpointing"]:
-                model.enable_gradient_checkpointing()
-        prune_kd = cfg["model_cls"] == "prune_kd"
-        if (prune_kd or not baseline and lrc.proj_init == "activation") and plan.checkpoint is None:
-            from lrc.activation_init import initialise_from_activations, prune_student_from_activations
-
-            calib_ds = train_ds
-            if cfg["calib_data"]:
-                calib_ds = build_dataset(cfg["calib_data"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
-                                         cfg["text_field"], no_tokenizer)
-            t0 = time.time()
-            init = (prune_student_from_activations if prune_kd else initialise_from_activations)(
-                model, calib_ds, cfg["calib_tokens"])
-            plan.record["proj_init"] = {**init, "calib_data": cfg["calib_data"] or cfg["dataset_name"]}
-            say(f"activation-aware init: the student starts as the teacher pruned to its {len(init['channels'])} "
-                f"most active residual channels ({init['calib_tokens']:,} calibration tokens, "
-                f"{time.time() - t0:.0f}s); channels recorded in run_config.json")
-        elif plan.checkpoint is not None and plan.stored and "proj_init" in plan.stored:
-            plan.record["proj_init"] = plan.stored["proj_init"]  # the resumed run's start, kept in its record
-        if cfg["load_model_weight_path"]:
-            ck = load_lrc_checkpoint(cfg["load_model_weight_path"])
-            weights = official_to_ours(ck.weights, lrc, model.kept_layers) if ck.official else ck.weights
-            load_into_projections(model.projections, weights,
-                                  what=f"--load_model_weight_path {cfg['load_model_weight_path']}")
-            say(f"warm start: projections loaded from {cfg['load_model_weight_path']}")
-        if cfg["init_from"] and not baseline:
-            plan.record["init_from"] = str(Path(cfg["init_from"]).resolve())
-            if plan.checkpoint is None:
-                say("init from: " + init_from_checkpoint(cfg["init_from"], model.projections, lrc, model.kept_layers,
-                                                         TeacherRef(**plan.record["teacher"])))
-            else:
-                say(f"--init_from {cfg['init_from']} is not used: the run resumes from its own checkpoint")
-        if not baseline and main:  # printed and recorded by the main process only (SVDs of every teacher matrix)
-            from lrc.mlp_train import format_audit
-
-            audit = model.reachability_audit()
-            say(format_audit(audit, lrc.mlp_train))
-            plan.record["reachability_audit"] = [r.to_dict() for r in audit]
-        ref = TeacherRef(**plan.record["teacher"])
-        stopper = StopOnSignal(stop)
-        lrc_only = {} if baseline else dict(generation_once_per_step=cfg["generation_once_per_step"],
-                                            shard_generation=cfg["shard_generation"],
-                                            diagnostics_steps=cfg["diagnostics_steps"])
-        trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds,
-                              run_record=plan.record, resume_plan=plan, callbacks=[stopper], **lrc_only)
-        if not baseline:
-            say(trainer.generation_summary())
-        if baseline:
-            trainer.student_tokenizer = tokenizer
-        if trainer.is_deepspeed_enabled and "world_size" in plan.changed:
-            raise CheckpointError("--allow_changed world_size is not supported under DeepSpeed: its ZeRO optimizer "
-                                  "states are partitioned per rank (convert the checkpoint with DeepSpeed's universal "
-                                  "checkpoint tools, or resume with the same number of processes)")
-        n_train = sum(p.numel() for p in model.trainable_parameters())
-        say(f"trainable parameters: {n_train:,} | train sequences: {len(train_ds):,} x {cfg['data_max_len']} tokens"
-            + (f" | eval sequences: {len(eval_ds):,}" if eval_ds is not None else ""))
-        say(f"outputs: {out} (checkpoint-N/ every {cfg['save_steps']} steps, final outputs at its root)")
-        if main:
-            write_json_atomic(out / RUN_RECORD_NAME, plan.record)
-            _check_free_space(out, model, trainer.is_deepspeed_enabled)
-        if plan.checkpoint:
-            say(f"resuming from {plan.checkpoint} (step {plan.step})")
-        if stop.requested:
-            raise InterruptedRun(f"stopped by {stop.received} before training began; nothing was saved")
+        with start.undone_on_failure(main):  # until training begins, a failure leaves --output_dir as it was
+            trainer, stopper = _build(cfg, args, plan, teacher_path, trainer_cls, main, start, stop)
+            if stop.requested:
+                raise InterruptedRun(f"stopped by {stop.received} before training began; nothing was saved")
+            start.training = True
         try:
             with weights_only_loads():
                 trainer.train(resume_from_checkpoint=plan.checkpoint)
@@ -320,6 +195,122 @@ def train(cfg: dict[str, Any], trainer_cls=None):
         say(f"final weights: {out / 'lrc_weights.safetensors'} (+ lrc_config.json, trainer_state.json)\n"
             f"convert: python convert_ckpt.py --ckpt-path {out} --save-path {out / 'student'}")
     return trainer
+
+
+def _build(cfg: dict[str, Any], args, plan, teacher_path: str, trainer_cls, main: bool, start, stop):
+    """Data, teacher, model, trainer for a planned run; the record written. Returns (trainer, its StopOnSignal)."""
+    import torch
+    from transformers import set_seed
+
+    from lrc.checkpoint import CheckpointError, TeacherRef, init_from_checkpoint, load_into_projections, \
+        load_lrc_checkpoint, official_to_ours
+    from lrc.data import build_dataset, cut_note
+    from lrc.model import LRCModel
+    from lrc.preemption import StopOnSignal
+    from lrc.teacher import find_tokenizer, load_teacher, load_teacher_config
+    from lrc.trainer import BaselineTrainer, LRCTrainer
+
+    baseline = cfg["model_cls"] != "distill"
+    trainer_cls = trainer_cls or (BaselineTrainer if baseline else LRCTrainer)
+    out = Path(cfg["output_dir"]).resolve()
+    raw = cfg["raw_model_name"]
+    tcfg = load_teacher_config(teacher_path)
+    lrc = lrc_config_from_flags(cfg)
+    tokenizer, no_tokenizer = find_tokenizer(cfg["tokenizer"] or teacher_path, tcfg.vocab_size)
+    with args.main_process_first(desc="data check"):  # the first process checks and caches, the others read
+        train_ds = build_dataset(cfg["dataset_name"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
+                                 cfg["text_field"], no_tokenizer)
+        eval_ds = None
+        if cfg["eval_dataset"]:
+            eval_ds = build_dataset(cfg["eval_dataset"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
+                                    cfg["text_field"], no_tokenizer)
+            if cfg["eval_max_sequences"]:
+                eval_ds = torch.utils.data.Subset(eval_ds, range(min(cfg["eval_max_sequences"], len(eval_ds))))
+    if tokenizer is None and baseline:
+        warn(f"{no_tokenizer}: the trained student is saved without a tokenizer")
+    note = cut_note(train_ds, "--dataset_name")
+    if note:
+        warn(note)
+    plan.record["train_sequences"] = len(train_ds)
+
+    t0 = time.time()
+    teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if cfg["bf16"] else torch.float32,
+                           attn_implementation=cfg["attn_implementation"])
+    say(f"teacher {raw} loaded in {time.time() - t0:.0f}s: {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M "
+        f"params, {tcfg.num_hidden_layers} layers, hidden {tcfg.hidden_size} -> student {lrc.target_hidden_size}")
+    set_seed(cfg["seed"])  # projection / student init
+    if baseline:
+        from lrc.baselines import BaselineConfig, BaselineModel
+
+        model = BaselineModel(teacher, BaselineConfig(cfg["model_cls"], lrc, attn_loss=cfg["tiny_bert_attn_loss"]))
+        if cfg["gradient_checkpointing"]:
+            model.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model = LRCModel(teacher, lrc)
+        model.projections.float()  # fp32 master weights whatever the teacher's dtype
+        if cfg["gradient_checkpointing"]:
+            model.enable_gradient_checkpointing()
+    prune_kd = cfg["model_cls"] == "prune_kd"
+    if (prune_kd or not baseline and lrc.proj_init == "activation") and plan.checkpoint is None:
+        from lrc.activation_init import initialise_from_activations, prune_student_from_activations
+
+        calib_ds = train_ds
+        if cfg["calib_data"]:
+            calib_ds = build_dataset(cfg["calib_data"], cfg["data_max_len"], tcfg.vocab_size, tokenizer,
+                                     cfg["text_field"], no_tokenizer)
+        t0 = time.time()
+        init = (prune_student_from_activations if prune_kd else initialise_from_activations)(
+            model, calib_ds, cfg["calib_tokens"])
+        plan.record["proj_init"] = {**init, "calib_data": cfg["calib_data"] or cfg["dataset_name"]}
+        say(f"activation-aware init: the student starts as the teacher pruned to its {len(init['channels'])} "
+            f"most active residual channels ({init['calib_tokens']:,} calibration tokens, "
+            f"{time.time() - t0:.0f}s); channels recorded in run_config.json")
+    elif plan.checkpoint is not None and plan.stored and "proj_init" in plan.stored:
+        plan.record["proj_init"] = plan.stored["proj_init"]  # the resumed run's start, kept in its record
+    if cfg["load_model_weight_path"]:
+        ck = load_lrc_checkpoint(cfg["load_model_weight_path"])
+        weights = official_to_ours(ck.weights, lrc, model.kept_layers) if ck.official else ck.weights
+        load_into_projections(model.projections, weights,
+                              what=f"--load_model_weight_path {cfg['load_model_weight_path']}")
+        say(f"warm start: projections loaded from {cfg['load_model_weight_path']}")
+    if cfg["init_from"] and not baseline:
+        plan.record["init_from"] = str(Path(cfg["init_from"]).resolve())
+        if plan.checkpoint is None:
+            say("init from: " + init_from_checkpoint(cfg["init_from"], model.projections, lrc, model.kept_layers,
+                                                     TeacherRef(**plan.record["teacher"])))
+        else:
+            say(f"--init_from {cfg['init_from']} is not used: the run resumes from its own checkpoint")
+    if not baseline and main:  # printed and recorded by the main process only (SVDs of every teacher matrix)
+        from lrc.mlp_train import format_audit
+
+        audit = model.reachability_audit()
+        say(format_audit(audit, lrc.mlp_train))
+        plan.record["reachability_audit"] = [r.to_dict() for r in audit]
+    ref = TeacherRef(**plan.record["teacher"])
+    stopper = StopOnSignal(stop)
+    lrc_only = {} if baseline else dict(generation_once_per_step=cfg["generation_once_per_step"],
+                                        shard_generation=cfg["shard_generation"],
+                                        diagnostics_steps=cfg["diagnostics_steps"])
+    trainer = trainer_cls(model=model, args=args, teacher_ref=ref, train_dataset=train_ds, eval_dataset=eval_ds,
+                          run_record=plan.record, resume_plan=plan, callbacks=[stopper], **lrc_only)
+    if not baseline:
+        say(trainer.generation_summary())
+    if baseline:
+        trainer.student_tokenizer = tokenizer
+    if trainer.is_deepspeed_enabled and "world_size" in plan.changed:
+        raise CheckpointError("--allow_changed world_size is not supported under DeepSpeed: its ZeRO optimizer "
+                              "states are partitioned per rank (convert the checkpoint with DeepSpeed's universal "
+                              "checkpoint tools, or resume with the same number of processes)")
+    n_train = sum(p.numel() for p in model.trainable_parameters())
+    say(f"trainable parameters: {n_train:,} | train sequences: {len(train_ds):,} x {cfg['data_max_len']} tokens"
+        + (f" | eval sequences: {len(eval_ds):,}" if eval_ds is not None else ""))
+    say(f"outputs: {out} (checkpoint-N/ every {cfg['save_steps']} steps, final outputs at its root)")
+    if main:
+        start.write_record(plan.record)
+        _check_free_space(out, model, trainer.is_deepspeed_enabled)
+    if plan.checkpoint:
+        say(f"resuming from {plan.checkpoint} (step {plan.step})")
+    return trainer, stopper
 
 
 # ---------------------------------------------------------------------------------------------- demo

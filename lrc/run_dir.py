@@ -156,28 +156,69 @@ def save_files_atomically(directory: str | os.PathLike, writer: Callable[[Path],
     return names
 
 
-def publish_dir(staged: str | os.PathLike, final: str | os.PathLike) -> Path:
-    """Flush a finished directory and move it to ``final`` with one rename, replacing what was there."""
+def publish_dir(staged: str | os.PathLike, final: str | os.PathLike, replace: bool = True) -> Path:
+    """Flush a finished directory and move it to ``final`` with one rename.
+
+    ``replace``: an existing ``final`` is replaced. Otherwise ``final`` must be absent or an empty directory at the
+    moment of the rename (the kernel decides, so two writers racing for one path cannot both succeed): a
+    ``final`` that another process filled meanwhile raises RunDirError and is left as it is."""
     staged, final = Path(staged), Path(final)
     fsync_tree(staged)
-    if final.exists():
+    if replace and final.exists():
         discard(final, staged.parent)
-    os.replace(staged, final)
+    try:
+        os.rename(staged, final)
+    except OSError as e:
+        if replace or e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise RunDirError(f"{final} was written by another process while this one worked; it is left as that "
+                          f"process wrote it") from None
     fsync_dir(final.parent)
     return final
 
 
+def owner_tag() -> str:
+    """``host.pid`` of this process: part of the names of its temporary directories, so that a later process can
+    tell the leftovers of a killed one (same host, pid gone) from those of a live one."""
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def _stale_owner(tag: str) -> bool:
+    host, _, pid = tag.rpartition(".")
+    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def clear_stale_temporaries(final: str | os.PathLike) -> list[Path]:
+    """Delete what killed processes left beside ``final`` while writing or replacing it (``atomic_dir``'s
+    ``.NAME.HOST.PID.*.tmp`` and ``discard``'s ``.discard-NAME.HOST.PID``): only those of this host whose process
+    is gone. Returns what was deleted."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^(?:\.{re.escape(final.name)}\.(?P<a>.+\.\d+)\.[^.]+\.tmp|"
+                         rf"\.discard-{re.escape(final.name)}\.(?P<b>.+\.\d+))$")
+    removed = []
+    for p in final.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and _stale_owner(m.group("a") or m.group("b")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike):
-    """Yield a temporary directory beside ``final``; on success it becomes ``final`` (``publish_dir``),
-    on error it is deleted: ``final`` is the old directory or the complete new one, never a part."""
+def atomic_dir(final: str | os.PathLike, replace: bool = True):
+    """Yield a temporary directory beside ``final``; on success it becomes ``final`` (``publish_dir``, with
+    ``replace``), on error it is deleted: ``final`` is the old directory or the complete new one, never a part.
+    The temporary's name carries this process's ``owner_tag`` (``clear_stale_temporaries`` removes it after a
+    kill)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner_tag()}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
-        publish_dir(tmp, final)
+        publish_dir(tmp, final, replace=replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -251,14 +292,21 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     return m
 
 
-def verify_manifest(root: str | os.PathLike) -> str | None:
-    """None if ``root`` is complete per its manifest, else the first reason it is not (one phrase)."""
+def verify_manifest(root: str | os.PathLike, only: Iterable[str] | None = None) -> str | None:
+    """None if ``root`` is complete per its manifest, else the first reason it is not (one phrase). ``only``: check
+    just these files, which must be listed (what a reader of ``root`` needs, e.g. the weights conversion reads)."""
     root = Path(root)
     try:
         m = read_manifest(root)
     except RunDirError as e:
         return str(e)
     files: dict[str, Any] = m["files"]
+    if only is not None:
+        unlisted = [r for r in only if r not in files]
+        if unlisted:
+            return f"{unlisted[0]} is not in its manifest"
+        files = {r: files[r] for r in only}
+        m = {**m, "kind": "final"}  # no check for unlisted files
     for rel, info in sorted(files.items()):
         p = root / rel
         if not p.is_file():
@@ -325,7 +373,7 @@ def discard(path: Path, staging: Path) -> None:
     """Remove a directory so that it disappears at once: rename it into ``staging`` (a directory on the same
     filesystem), then delete it, which can take longer."""
     staging.mkdir(parents=True, exist_ok=True)
-    trash = staging / f".discard-{path.name}-{os.getpid()}"
+    trash = staging / f".discard-{path.name}.{owner_tag()}"
     if trash.exists():
         shutil.rmtree(trash)
     os.replace(path, trash)
@@ -339,12 +387,40 @@ def publish_checkpoint(staged: Path, final: Path, step: int) -> None:
     publish_dir(staged, final)
 
 
-def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
-    """Keep the ``limit`` newest checkpoints (by step); older ones vanish atomically (``discard``)."""
+def looks_complete(path: str | os.PathLike) -> str | None:
+    """``verify_checkpoint`` without the hashing: None if the manifest reads, names the directory's step and every
+    file it lists is there with its size; else why not. For decisions taken at every save (rotation), where hashing
+    every checkpoint would cost minutes; a resume still verifies the hashes."""
+    root = Path(path)
+    try:
+        m = read_manifest(root)
+    except RunDirError as e:
+        return str(e)
+    if checkpoint_step(root) not in (None, m["step"]):
+        return f"its manifest is for step {m['step']}"
+    for rel, info in sorted(m["files"].items()):
+        p = root / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != info.get("bytes"):
+            return f"{rel} has {p.stat().st_size} bytes, the manifest says {info.get('bytes')}"
+    return None
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None, just_written: Path | None = None,
+                       on_line: Callable[[Path], bool] = lambda p: True) -> list[Path]:
+    """Keep the ``limit`` newest complete checkpoints of the run's live line (``on_line``; by step) and delete the
+    older ones of that line (atomically, ``discard``). Never deleted: ``just_written``, a checkpoint that is not
+    complete (``looks_complete``: kept for a human to look at; a resume skips it) and one of another line (an
+    abandoned continuation: replaced when the live line writes the same step). Returns what was deleted."""
     if not limit or limit <= 0:
-        return
-    for _, p in list_checkpoints(output_dir)[:-limit]:
+        return []
+    line = [p for _, p in list_checkpoints(output_dir)
+            if p == just_written or (looks_complete(p) is None and on_line(p))]
+    deleted = [p for p in line[:-limit] if p != just_written]
+    for p in deleted:
         discard(p, output_dir / STAGING_DIR)
+    return deleted
 
 
 # ---------------------------------------------------------------------------------------------- the directory
@@ -368,6 +444,22 @@ def check_output_dir(output_dir: str | os.PathLike) -> int:
     except OSError as e:
         raise RunDirError(f"--output_dir {str(out)!r} is not writable: {e.strerror or e}") from None
     return shutil.disk_usage(out).free
+
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
+"""Files that hold a model's weights (a teacher's, a converted student's, any HF checkpoint's)."""
+
+
+def foreign_model_files(output_dir: str | os.PathLike) -> list[str]:
+    """Model files (``config.json``, weights) in ``output_dir`` that no run of this project wrote there: the
+    directory has no run record and no run manifest (a teacher's or a converted student's directory, say).
+    ``--overwrite_output_dir`` never deletes these."""
+    out = Path(output_dir)
+    if not out.is_dir() or (out / RUN_RECORD_NAME).is_file() or (out / MANIFEST_NAME).is_file():
+        return []
+    ours = {WEIGHTS_NAME, CONFIG_NAME}
+    return sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in ours
+                  and (p.name == MODEL_CONFIG_NAME or p.name.endswith(MODEL_FILE_SUFFIXES)))
 
 
 def previous_run_files(output_dir: str | os.PathLike) -> list[str]:
@@ -429,6 +521,8 @@ class RunLock:
         self.fd: int | None = None
         self.stale_holder: LockHolder | None = None
         self.kernel_lock = True
+        self.created = False
+        """Whether this process created the lock file (``release(remove=True)`` then deletes it)."""
 
     def _read(self) -> LockHolder | None:
         try:
@@ -443,17 +537,29 @@ class RunLock:
                            f"end or use another --output_dir (lock file {self.path})")
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise self._refuse(self._read()) from None
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask())
+                self.created = True
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
                 os.close(fd)
-                raise
-            self.kernel_lock = False
+                raise self._refuse(self._read()) from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                self.kernel_lock = False
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder deleted the file before we locked it: lock the new one
+            self.created = False
         previous = self._read()
         if previous is not None and (previous.host, previous.pid) != (socket.gethostname(), os.getpid()):
             if not self.kernel_lock and (previous.host != socket.gethostname() or _pid_alive(previous.pid)):
@@ -468,12 +574,16 @@ class RunLock:
         self.fd = fd
         return self
 
-    def release(self) -> None:
-        """Mark the lock released (an empty file) and drop the kernel lock."""
+    def release(self, remove: bool = False) -> None:
+        """Mark the lock released (an empty file) and drop the kernel lock. ``remove``: delete the file if this
+        process created it (a run that ends before writing anything leaves nothing behind; a process that opened
+        the file meanwhile notices the new inode and retries)."""
         if self.fd is None:
             return
         try:
             os.ftruncate(self.fd, 0)
+            if remove and self.created:
+                self.path.unlink(missing_ok=True)
         except OSError:
             pass
         os.close(self.fd)  # closing the descriptor releases the flock

@@ -146,7 +146,8 @@ class Checkpointing:
     its projections and gains, new --mlp_train Deltas at 0 (the two-phase recipe: plain LRC, then dense or core);
     ignored when resuming"""
     overwrite_output_dir: bool = False
-    """start over in an --output_dir that holds a previous run (its checkpoints and final weights are deleted)"""
+    """start over in an --output_dir that holds a previous run (its checkpoints and final weights are deleted; never
+    a directory holding a model that no run wrote, e.g. the teacher's)"""
     report_to: str = "none"
     """none | wandb | tensorboard | wandb,tensorboard (wandb without credentials: offline mode) [official: wandb]"""
     project_name: str = "expt-small-llm"
@@ -292,9 +293,12 @@ DEMO: dict[str, Any] = {
 def read_recipe(path: str) -> dict[str, Any]:
     """The flags of a YAML recipe (``--config``): a mapping of flag names (``-`` or ``_``) to scalar values.
 
-    Raises FlagError naming the file and line for unreadable YAML, a non-mapping, an unknown flag, a nested value
-    or a recipe that names another recipe."""
+    Raises FlagError naming the file (once) and the line for unreadable YAML, a non-mapping, an unknown flag (with the
+    closest known one), a flag given twice, a flag without a value, a nested value or a recipe that names another
+    recipe."""
     import yaml
+
+    from .options import closest_flag
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -302,25 +306,38 @@ def read_recipe(path: str) -> dict[str, Any]:
         raise FlagError(f"--config {path}: cannot read it ({e.strerror or e})") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         raise FlagError(f"--config {path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if values is None:
+    if root is None:
         return {}
-    if not isinstance(values, dict) or root is None or not isinstance(root, yaml.MappingNode):
-        raise FlagError(f"--config {path}: expected `flag: value` lines (a YAML mapping), got {type(values).__name__}")
+    if not isinstance(root, yaml.MappingNode):
+        raise FlagError(f"--config {path}: expected `flag: value` lines (a YAML mapping), got a "
+                        f"{type(root).__name__.replace('Node', '').lower()}")
+    values: dict[str, Any] = {}
+    first_line: dict[str, int] = {}
     for key_node, value_node in root.value:
         key = str(key_node.value).replace("-", "_")
         line = key_node.start_mark.line + 1
         if key not in FLAGS or key == "config":
-            why = "a recipe cannot include another" if key == "config" else "unknown flag"
-            raise FlagError(f"--config {path}, line {line}: {why} {key_node.value!r} (lrc train --help lists the flags)")
+            close = closest_flag(key, FLAGS)
+            why = ("a recipe cannot include another" if key == "config" else
+                   f"unknown flag {key_node.value!r}" + (f" (did you mean {close!r}?)" if close else ""))
+            raise FlagError(f"--config {path}, line {line}: {why} (lrc train --help lists the flags)")
+        if key in first_line:
+            raise FlagError(f"--config {path}, line {line}: {key_node.value} is given twice (first on line "
+                            f"{first_line[key]}); keep one")
+        first_line[key] = line
         if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)):
             raise FlagError(f"--config {path}, line {line}: {key_node.value} must be a single value (a list is "
                             f"written comma-separated, as on the command line)")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+        value = yaml.constructor.SafeConstructor().construct_object(value_node, deep=True)
+        if value is None:
+            raise FlagError(f"--config {path}, line {line}: {key_node.value} has no value; give one, or remove the "
+                            f"line to keep the default")
+        values[key] = value
+    return values
 
 
 def parse_argv(argv: list[str]) -> dict[str, Any]:
@@ -332,8 +349,9 @@ def parse_argv(argv: list[str]) -> dict[str, Any]:
     given = parser.parse_given(argv)
     recipe = given.pop("config", None)
     if recipe is not None:
+        values = read_recipe(recipe)  # its errors name the file and the line
         try:
-            from_recipe = parser.parse_given(dict_to_argv(read_recipe(recipe)))
+            from_recipe = parser.parse_given(dict_to_argv(values))
         except OptionError as e:
             raise FlagError(f"--config {recipe}: {e}") from None
         given = {**from_recipe, **given}  # the command line overrides the recipe

@@ -63,22 +63,50 @@ from .baselines import BASELINE_CONFIG_NAME, MAPS_NAME, BaselineModel
 from .checkpoint import (CheckpointError, TeacherRef, core_basis_note, load_into_projections, load_lrc_checkpoint,
                          save_lrc_checkpoint)
 from .data import collate_batch
-from .errors import EXIT_NONFINITE, LRCError
+from .errors import LRCError, NonFiniteError
 from .evaluate import ce_sum
 from .model import LRCModel, LRCOutput
-from .resume import BATCH_GEOMETRY, SCHEDULE_FLAGS, ResumePlan, check_resume_compatible, data_position
-from .run_dir import (MODEL_WEIGHTS_NAME, RUN_RECORD_NAME, STAGING_DIR, WEIGHTS_NAME,
-                      newest_complete_checkpoint, publish_checkpoint, rotate_checkpoints, save_files_atomically,
-                      write_json_atomic)
+from .resume import (BATCH_GEOMETRY, SCHEDULE_FLAGS, ResumePlan, check_resume_compatible, checkpoint_on_line,
+                     data_position)
+from .run_dir import (MODEL_WEIGHTS_NAME, RUN_RECORD_NAME, STAGING_DIR, WEIGHTS_NAME, list_checkpoints, looks_complete,
+                      publish_checkpoint, rotate_checkpoints, save_files_atomically, write_json_atomic)
 
 logger = logging.getLogger(__name__)
 _LAYER_KEY_RE = re.compile(r"^L\d+-")
 
 
-class NonFiniteLossError(LRCError, RuntimeError):
+class NonFiniteLossError(NonFiniteError, RuntimeError):
     """The loss (or one of its components) became NaN or infinite; training stopped, nothing was saved."""
 
-    exit_code = EXIT_NONFINITE
+
+class CheckpointWriteError(LRCError):
+    """Writing a checkpoint failed (a full disk, a quota, an I/O error); nothing of it was kept."""
+
+
+def write_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a writer's report of a failed write, which torch and safetensors raise as RuntimeError /
+    SafetensorError instead of OSError (torch: ``[enforce fail at inline_container.cc] unexpected pos ...`` or
+    ``PytorchStreamWriter failed writing file``; safetensors: ``I/O error: No space left on device``)."""
+    text = str(e)
+    return any(k in text for k in ("inline_container", "PytorchStreamWriter", "I/O error", "No space left",
+                                   "Disk quota exceeded"))
+
+
+def describe_write_failure(e: BaseException, name: str, directory: Path) -> str:
+    """One line: what failed, the writer's words, the free space left and what to do."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(directory).free
+        space = f"{free / 2**20:,.1f} MiB free on the filesystem of {directory}"
+    except OSError:
+        free, space = None, f"the free space of {directory} is unknown"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    full = free is not None and free < 64 << 20
+    return (f"writing {name} failed ({type(e).__name__}: {first}); {space}"
+            + (": the disk is full. Free space (or point --output_dir elsewhere) and resume with --resume auto"
+               if full else ". Check the filesystem, then resume with --resume auto")
+            + "; nothing of this checkpoint was kept, the earlier checkpoints are intact")
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -243,12 +271,30 @@ class DistillTrainer(Trainer):
         components = [k for k in bad if not _LAYER_KEY_RE.match(k) and k != "loss"] or ["loss"]
         layers = [k for k in bad if _LAYER_KEY_RE.match(k)]
         where = f" (per layer: {', '.join(layers[:6])}{' ...' if len(layers) > 6 else ''})" if layers else ""
+        step = int(step)
         raise NonFiniteLossError(
-            f"non-finite loss at step {int(step)}: {', '.join(components)} became NaN/inf{where}; training "
-            f"stopped and nothing was saved after it (last good checkpoint: "
-            f"{newest_complete_checkpoint(self.args.output_dir)[0] or 'none'}). Try a lower --learning-rate, "
-            f"--max_grad_norm, or check the data"
+            f"non-finite loss at step {step}: {', '.join(components)} became NaN/inf{where}; training "
+            f"stopped and nothing was saved after it. {self._record_nonfinite(step, components)} Try a lower "
+            f"--learning-rate, --max_grad_norm, or check the data"
         )
+
+    def _record_nonfinite(self, step: int, components: list[str]) -> str:
+        """Note the non-finite step in the run's record at the root (``--resume auto`` then skips the checkpoint whose
+        weights produced it: ``lrc.resume.suspect_reason``) and say which checkpoints are good."""
+        out = Path(self.args.output_dir)
+        lineage = (self.run_record or {}).get("lineage")
+        on_line = [(s, p) for s, p in list_checkpoints(out) if checkpoint_on_line(p, lineage) and looks_complete(p) is None]
+        good = [p for s, p in on_line if s <= step - 2]
+        bad = [p for s, p in on_line if s == step - 1]
+        if self.args.should_save and self.run_record is not None:
+            self.run_record = {**self.run_record, "nonfinite": {"step": step, "components": components}}
+            write_json_atomic(out / RUN_RECORD_NAME, self.run_record)
+        text = (f"The last checkpoint whose weights gave a finite loss: {good[-1] if good else 'none'}"
+                + (f" (resume: --resume {good[-1]} with a lower --learning_rate and --allow_changed learning_rate)"
+                   if good else ""))
+        if bad:
+            text += f"; {bad[0]} holds the weights that produced the non-finite loss (--resume auto skips it)"
+        return text + "."
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         nonfinite = None
@@ -334,14 +380,18 @@ class DistillTrainer(Trainer):
             self.accelerator.wait_for_everyone()
             if self.is_local_process_zero() and (staging / name).exists():
                 self._publish(staging / name, run_dir / name, step)  # node-local disks: each node's own copy
-        except BaseException:
+        except BaseException as e:
             if self.is_local_process_zero():
                 shutil.rmtree(staging / name, ignore_errors=True)  # nothing half-written stays behind
+            if not isinstance(e, (LRCError, OSError)) and isinstance(e, Exception) and write_failure(e):
+                raise CheckpointWriteError(describe_write_failure(e, name, run_dir)) from e
             raise
         finally:
             self._staging_root = None
         if self.args.should_save:
-            rotate_checkpoints(run_dir, self.args.save_total_limit)
+            lineage = (self.run_record or {}).get("lineage")
+            rotate_checkpoints(run_dir, self.args.save_total_limit, just_written=run_dir / name,
+                               on_line=lambda p: checkpoint_on_line(p, lineage))
             try:
                 staging.rmdir()  # only when empty
             except OSError:

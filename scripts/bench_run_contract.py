@@ -10,7 +10,10 @@ Llama-3 vocabulary) of about ``--gb`` GB, then times, each in a fresh cache dire
 - the default path (``cached_index``: byte ranges checked by up to 16 processes, progress bar);
 - the same call again (the cached result: what a restart or a resume pays);
 - sha256 of the file (what a manifest costs per GB of checkpoint, and the teacher fingerprint per
-  GB of weights on first use) and ``weights_fingerprint``-style cached lookups.
+  GB of weights on first use) and ``weights_fingerprint``-style cached lookups;
+- the data's content fingerprint a resume compares (``lrc.resume.dataset_identity``: sampled blocks);
+- the teacher's non-finite check at load (``lrc.teacher.check_finite_weights``) on 1 GB of fp32 weights and
+  the same in bf16.
 
 Reports wall and process CPU seconds and the machine load (1-minute load average) before each phase.
 """
@@ -96,6 +99,19 @@ def main(gb: float = RunContractBench.gb, path: str | None = None, keep: bool = 
     os.environ["LRC_CACHE_DIR"] = str(tmp / "cache2")
     timed("sha256 through the cache, first use", lambda: cached_json("sha256", data, lambda: sha256_file(data)), res)
     timed("sha256 through the cache, again", lambda: cached_json("sha256", data, lambda: sha256_file(data)), res)
+    from lrc.resume import dataset_identity
+
+    timed("dataset content fingerprint (sampled blocks, every start)", lambda: dataset_identity(str(data)), res)
+    import torch
+
+    from lrc.teacher import check_finite_weights
+
+    layer = torch.nn.Linear(16384, 16384, bias=False)  # 268M fp32 values: 1.07 GB
+    torch.nn.init.normal_(layer.weight)
+    timed("non-finite check of 1.07 GB of fp32 weights (teacher load)", lambda: check_finite_weights(layer, "x"), res)
+    layer_bf16 = layer.bfloat16()
+    timed("non-finite check of 0.54 GB of bf16 weights (teacher load)", lambda: check_finite_weights(layer_bf16, "x"),
+          res)
     if json_out:
         Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {json_out}")

@@ -16,7 +16,7 @@ import torch
 
 from lrc.checkpoint import CheckpointError, TeacherRef
 from lrc.resume import (CHECKED_FLAGS, DataPosition, compare_records, data_position, plan_resume, run_record)
-from lrc.run_dir import (MANIFEST_NAME, RUN_RECORD_NAME, RunDirError, RunLock, atomic_write, check_output_dir,
+from lrc.run_dir import (MANIFEST_NAME, RUN_RECORD_NAME, WEIGHTS_NAME, RunDirError, RunLock, atomic_write, check_output_dir,
                          finished_step, newest_complete_checkpoint, publish_checkpoint, unpickler_refusal, verify_checkpoint,
                          verify_manifest, weights_only_loads, write_final_outputs, write_json_atomic, write_manifest)
 
@@ -167,7 +167,10 @@ def test_plan_resume_rules(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     assert plan_resume(out, "auto", False, _record(), set()).checkpoint is None  # empty: a fresh start
-    (out / RUN_RECORD_NAME).write_text("{}")
+    (out / RUN_RECORD_NAME).write_text("{}")  # the record of a start killed before its first checkpoint
+    assert plan_resume(out, "auto", False, _record(), set()).checkpoint is None  # nothing of value: a fresh start
+    assert plan_resume(out, None, False, _record(), set()).checkpoint is None
+    (out / WEIGHTS_NAME).write_bytes(b"x")  # final weights: a run's work
     with pytest.raises(RunDirError, match="holds files of a run .* but no complete checkpoint"):
         plan_resume(out, "auto", False, _record(), set())
     with pytest.raises(RunDirError, match="already holds a run"):
