@@ -5,15 +5,17 @@
     python hf_trainer.py --demo          # the out-of-the-box run
     python hf_trainer.py --help          # every flag, with its default and the official default
 
-Training is assembled in the library: flags in ``lrc.train_flags`` (parsed by ``lrc.options``), the run in ``lrc.run``.
+Training is assembled in the library: the flags are ``lrc.train_config.TrainConfig`` (parsed by ``lrc.options``), the
+method comes from ``lrc.methods``, the run is ``lrc.run``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from lrc.run import cli, main, run, run_demo, train  # noqa: F401  (the names this script has always offered)
-from lrc.train_flags import FLAGS, FlagError, demo_teacher_path, lrc_config_from_flags, parse_flags  # noqa: F401
+from lrc.demo import run_demo  # noqa: F401  (the names this script has always offered)
+from lrc.run import cli, main, run, train  # noqa: F401
+from lrc.train_config import FLAGS, FlagError, demo_teacher_path, parse_flags  # noqa: F401
 
 if __name__ == "__main__":
     from lrc.__main__ import main as lrc_main

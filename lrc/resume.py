@@ -20,7 +20,8 @@ Then the checkpoint's record is compared with the new run:
 
 - the teacher (config hash and weights fingerprint) and the method (``--model_cls``, the LRC config)
   must match, always;
-- the flags of ``CHECKED_FLAGS`` (optimisation, data, batch geometry, seed) must match, or be named in
+- the flags of ``CHECKED_FLAGS`` (schedule, optimisation, data, batch geometry, seed; declared beside the
+  fields in ``lrc.train_config``) must match, or be named in
   ``--allow_changed``; an allowed change is applied and logged (``ResumePlan.changes``);
 - anything else (``--max_steps``, saving, logging, evaluation) may change.
 
@@ -39,34 +40,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import CheckpointError, TeacherRef
+from .train_config import CHECKED_FLAGS
 from .run_dir import (RUN_RECORD_NAME, TRAINER_STATE_NAME, RunDirError, checkpoint_step, finished_step,
                       list_checkpoints, previous_run_files, read_manifest, verify_checkpoint)
 
+if TYPE_CHECKING:
+    from .train_config import TrainConfig
+
 RECORD_FORMAT = 1
 
-CHECKED_FLAGS: dict[str, str] = {
-    "learning_rate": "optimisation",
-    "lr_scheduler": "optimisation",
-    "warmup_ratio": "optimisation",
-    "warmup_steps": "optimisation",
-    "adam_beta2": "optimisation",
-    "max_grad_norm": "optimisation",
-    "bf16": "optimisation",
-    "batch_size": "batch geometry",
-    "gradient_accumulation_steps": "batch geometry",
-    "world_size": "batch geometry",
-    "dataset_name": "data",
-    "data_max_len": "data",
-    "text_field": "data",
-    "seed": "data order and init",
-    "num_epochs": "length (when --max_steps is -1)",
-}
-"""Flags a resumed run must keep, unless named in ``--allow_changed`` (then applied and logged)."""
-BATCH_GEOMETRY = ("batch_size", "gradient_accumulation_steps", "world_size")
-SCHEDULE_FLAGS = ("learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "adam_beta2")
+BATCH_GEOMETRY = tuple(k for k, why in CHECKED_FLAGS.items() if why == "batch geometry")
+"""Checked flags that move the data position when changed (``data_position``)."""
+SCHEDULE_FLAGS = tuple(k for k, why in CHECKED_FLAGS.items() if why == "schedule")
+"""Checked flags the restored optimizer and scheduler carry (replaced on an allowed change)."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +129,9 @@ def _same_dataset(a: Any, b: Any) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def run_record(cfg: dict[str, Any], world_size: int, teacher: TeacherRef, lrc: dict[str, Any]) -> dict[str, Any]:
-    """The record of a run: its resolved flags, world size, data, teacher and method (JSON-ready).
+def run_record(cfg: TrainConfig, world_size: int, teacher: TeacherRef, bf16: bool) -> dict[str, Any]:
+    """The record of a run: its flags (``TrainConfig.to_flags``, with ``bf16`` as resolved), world size, data,
+    teacher and method (JSON-ready).
 
     ``run_id`` names this start of the run; ``lineage`` (set by ``plan_resume``) is its live line."""
     run_id = uuid.uuid4().hex[:16]
@@ -149,12 +139,12 @@ def run_record(cfg: dict[str, Any], world_size: int, teacher: TeacherRef, lrc: d
         "lrc_run_record": RECORD_FORMAT,
         "run_id": run_id,
         "lineage": new_lineage(None, 0, run_id),
-        "flags": {k: v for k, v in cfg.items() if not k.startswith("_")},
-        "given": cfg.get("_given", []),
-        "model_cls": cfg["model_cls"],
-        "lrc": lrc,
+        "flags": {**cfg.to_flags(), "bf16": bf16},
+        "given": list(cfg.given),
+        "model_cls": cfg.run.model_cls,
+        "lrc": cfg.method.to_dict(),
         "world_size": world_size,
-        "dataset": dataset_identity(cfg["dataset_name"]),
+        "dataset": dataset_identity(cfg.run.dataset_name),
         "train_sequences": None,  # set once the data are loaded
         "teacher": teacher.to_dict(),
         "host": socket.gethostname(),
@@ -254,7 +244,9 @@ def method_mismatch(stored: dict[str, Any], now: dict[str, Any], where: str) -> 
     if why:
         raise CheckpointError(f"cannot resume from {where}: it was trained against teacher {st.describe()}, but "
                               f"--raw_model_name is {nt.describe()}: {why}")
-    if stored.get("model_cls") != now.get("model_cls"):
+    from .methods import canonical_method_name
+
+    if canonical_method_name(str(stored.get("model_cls"))) != canonical_method_name(str(now.get("model_cls"))):
         raise CheckpointError(f"cannot resume from {where}: it was trained with --model_cls {stored.get('model_cls')}, "
                               f"this run has --model_cls {now.get('model_cls')}")
     check_resume_compatible(stored.get("lrc", {}), now.get("lrc", {}), Path(where))

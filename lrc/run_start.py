@@ -24,12 +24,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .console import say, warn
-from .run_dir import (MANIFEST_NAME, RUN_RECORD_NAME, STAGING_DIR, RunDirError, RunLock, check_output_dir,
-                      atomic_write, clear_previous_run, clear_staging, foreign_model_files, fsync_dir,
+from .run_dir import (MANIFEST_NAME, RUN_RECORD_NAME, STAGING_DIR, RunDirError, RunLock, atomic_write,
+                      check_output_dir, clear_previous_run, clear_staging, foreign_model_files, fsync_dir,
                       write_json_atomic)
+
+if TYPE_CHECKING:
+    from .train_config import TrainConfig
 
 
 @dataclass
@@ -107,20 +110,19 @@ def check_output_dir_is_free(out: Path, teacher_path: str) -> None:
                           f"(--overwrite_output_dir included): choose another --output_dir")
 
 
-def open_run_dir(cfg: dict[str, Any], world_size: int, teacher_path: str, stack: contextlib.ExitStack,
+def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: str, stack: contextlib.ExitStack,
                  start: RunStart):
-    """Main process: check, claim and plan ``--output_dir`` (module docstring); returns the ``ResumePlan``."""
+    """Main process: check, claim and plan ``--output_dir`` (module docstring); returns the ``ResumePlan``.
+    ``bf16``: whether the run computes in bf16, as resolved (recorded)."""
     from .checkpoint import TeacherRef
     from .families import student_config
     from .resume import plan_resume, run_record
     from .teacher import load_teacher_config, teacher_fingerprint, weights_fingerprint
-    from .train_flags import lrc_config_from_flags
 
     out = start.out
     tcfg = load_teacher_config(teacher_path)
-    lrc = lrc_config_from_flags(cfg)
-    lrc.validate(tcfg)
-    student_config(tcfg, lrc)  # a width stock transformers would refuse to load: refused now, not after training
+    cfg.method.validate(tcfg)
+    student_config(tcfg, cfg.method)  # a width stock transformers would refuse to load: refused now, not later
     check_output_dir_is_free(out, teacher_path)
     with start.undone_on_failure(main=True):
         start.created_dir = not out.exists()
@@ -131,12 +133,12 @@ def open_run_dir(cfg: dict[str, Any], world_size: int, teacher_path: str, stack:
                  f"releasing it (killed?); this run takes it over")
         say(f"output dir {out}: locked by this run, {free / 2**30:.1f} GiB free")
         ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type, weights_fingerprint(teacher_path))
-        record = run_record(cfg, world_size, ref, lrc.to_dict())
-        allowed = {a for a in cfg["allow_changed"].split(",") if a}
-        plan = plan_resume(out, cfg["resume"], cfg["overwrite_output_dir"], record, allowed)
+        record = run_record(cfg, world_size, ref, bf16)
+        c = cfg.ckpt
+        plan = plan_resume(out, c.resume, c.overwrite_output_dir, record, c.allowed_changes())
         if plan.finished_at is not None or plan.finalize_from is not None:
             return plan
-        if cfg["overwrite_output_dir"] and plan.checkpoint is None:
+        if c.overwrite_output_dir and plan.checkpoint is None:
             clear_previous_run(out)
         clear_staging(out)  # half-written checkpoints of a killed run
         if plan.final_outputs_abandoned is not None:

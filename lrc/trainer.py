@@ -585,8 +585,11 @@ class BaselineTrainer(DistillTrainer):
         return [(f"student.{n}", p) for n, p in m.student.named_parameters()] + \
                [(f"maps.{n}", p) for n, p in m.maps.named_parameters()]
 
-    student_tokenizer = None
-    """Saved into every checkpoint (and so into the final output), which is then a complete HF model."""
+    def __init__(self, *args, student_tokenizer=None, **kwargs):
+        """As ``DistillTrainer``; ``student_tokenizer``: saved into every checkpoint (and so into the final output),
+        which is then a complete HF model (None: the teacher has none)."""
+        super().__init__(*args, **kwargs)
+        self.student_tokenizer = student_tokenizer
 
     def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
         save_baseline_checkpoint(output_dir, self.baseline_model, state_dict, self.student_tokenizer)

@@ -134,11 +134,11 @@ class GradShareOptions:
 def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_size: int = 4, seq_len: int = 256,
          seed: int = 0, json_out: str = "", threads: int = 0, **lrc_flags: Any) -> dict:
     """The report (printed, and written to ``json_out``); the arguments are ``GradShareOptions``' fields and
-    ``lrc_flags`` are ``lrc train``'s LRC method flags (``lrc.train_flags.MethodFlags``)."""
+    ``lrc_flags`` are ``lrc train``'s LRC method flags (``lrc.train_config.MethodFlags``)."""
     import torch
 
     from lrc.checkpoint import load_into_projections, load_lrc_checkpoint
-    from lrc.train_flags import parse_lrc_flags
+    from lrc.train_config import parse_method_flags
     from lrc.data import build_dataset, collate_batch
     from lrc.model import LRCModel
     from lrc.teacher import load_teacher, load_tokenizer
@@ -150,7 +150,7 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
     if ckpt is not None and ckpt.official:
         raise SystemExit(f"error: {checkpoint} is an official-code checkpoint; convert its names first")
     base = {} if ckpt is None else {"target_hidden_size": ckpt.lrc.target_hidden_size}  # the checkpoint knows it
-    lrc, given = parse_lrc_flags({**base, **lrc_flags})
+    lrc, given = parse_method_flags({**base, **lrc_flags})
     if ckpt is not None:  # the checkpoint's LRC config, with the LRC flags given here on top
         lrc = dataclasses.replace(ckpt.lrc, **{k: getattr(lrc, k) for k in given})
     t = load_teacher(teacher, dtype=torch.float32)
@@ -186,7 +186,7 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
 
 
 if __name__ == "__main__":
-    from lrc.train_flags import MethodFlags
+    from lrc.train_config import MethodFlags
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(run_command((GradShareOptions, MethodFlags), None, main, prog="python scripts/grad_share.py",

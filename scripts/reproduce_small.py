@@ -58,9 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 METHODS: dict[str, dict[str, Any]] = {
-    "lrc": {"model_cls": "distill"},
-    "lrc_student_space": {"model_cls": "distill", "attn_out_space": "student"},
-    "lrc_no_clone": {"model_cls": "distill", "use_aux_loss": False},
+    "lrc": {"model_cls": "lrc"},
+    "lrc_student_space": {"model_cls": "lrc", "attn_out_space": "student"},
+    "lrc_no_clone": {"model_cls": "lrc", "use_aux_loss": False},
     "only_kd": {"model_cls": "only_kd"},
     "prune_kd": {"model_cls": "prune_kd"},
     "tiny_bert": {"model_cls": "tiny_bert"},
@@ -72,7 +72,7 @@ BASELINES = ("only_kd", "prune_kd", "tiny_bert", "origin")
 def method_flags(spec: str) -> dict[str, Any]:
     """``lrc train`` flags of a method: a name from METHODS, or a variant ``NAME:flag=value[:flag=value]``
     (e.g. ``lrc:aux_loss_scale_factor=0.02``) that overrides that method's loss / LRC flags."""
-    from lrc.train_flags import FLAGS
+    from lrc.train_config import FLAGS
 
     base, *extra = spec.split(":")
     if base not in METHODS:
@@ -84,7 +84,7 @@ def method_flags(spec: str) -> dict[str, Any]:
         if not sep or not k or not v:
             raise SystemExit(f"error: method {spec!r}: {kv!r} is not flag=value")
         if k == "then":
-            if flags["model_cls"] != "distill" or v not in ("dense", "core"):
+            if flags["model_cls"] != "lrc" or v not in ("dense", "core"):
                 raise SystemExit(f"error: method {spec!r}: then=MODE needs an LRC method and MODE dense or core")
             flags[k] = v
             continue
@@ -98,7 +98,7 @@ def method_flags(spec: str) -> dict[str, Any]:
 
 
 def is_lrc(spec: str) -> bool:
-    return METHODS[spec.split(":")[0]]["model_cls"] == "distill"
+    return METHODS[spec.split(":")[0]]["model_cls"] == "lrc"
 
 
 def method_order(names) -> list[str]:
@@ -166,7 +166,7 @@ OOD_FILE = "ood_heldout.jsonl"
 
 # ---------------------------------------------------------------------------------------------- setup
 def _defaults(cfg: ReproConfig) -> None:
-    from lrc.train_flags import demo_teacher_path
+    from lrc.train_config import demo_teacher_path
 
     if not cfg.teacher:
         cfg.teacher = demo_teacher_path()
@@ -233,11 +233,6 @@ def prepare(cfg: ReproConfig, out: Path) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- runs
-SHARED_FLAGS = frozenset({"raw_model_name", "dataset_name", "output_dir", "target_hidden_size", "data_max_len",
-                          "batch_size", "gradient_accumulation_steps", "learning_rate", "warmup_steps", "lr_scheduler",
-                          "max_steps", "save_steps", "save_total_limit", "log_steps", "report_to", "seed", "resume",
-                          "bf16"})
-"""The ``lrc train`` flags the comparison sets identically for every method (a variant may not change them)."""
 
 
 def run_flags(cfg: ReproConfig, teacher: str, train_file: str, run_dir: Path, steps: int) -> dict[str, Any]:
@@ -248,14 +243,18 @@ def run_flags(cfg: ReproConfig, teacher: str, train_file: str, run_dir: Path, st
                  learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
                  lr_scheduler="constant_with_warmup", max_steps=steps, save_steps=steps, save_total_limit=1,
                  log_steps=max(1, steps // 8), report_to="none", seed=cfg.seed, resume="auto", bf16=cfg.bf16)
-    assert set(flags) == SHARED_FLAGS
     return flags
+
+
+SHARED_FLAGS = frozenset(run_flags(ReproConfig(), "", "", Path("."), 1))
+"""The ``lrc train`` flags the comparison sets identically for every method (a variant may not change them): those
+``run_flags`` sets."""
 
 
 def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_file: str, evaluator) -> None:
     from lrc.run import train
     from lrc.run_dir import write_json_atomic
-    from lrc.train_flags import parse_flags
+    from lrc.train_config import parse_flags
 
     run_dir = out / "runs" / method
     for budget, steps in zip(cfg.budget_list(), cfg.steps()):
@@ -335,7 +334,7 @@ def _two_phases(flags: dict[str, Any], cfg: ReproConfig, teacher: str, train_fil
 
     from lrc.run import train
     from lrc.run_dir import CONFIG_NAME, WEIGHTS_NAME, atomic_dir
-    from lrc.train_flags import parse_flags
+    from lrc.train_config import parse_flags
 
     mode = flags.pop("then")
     half = max(1, steps // 2)

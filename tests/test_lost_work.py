@@ -503,7 +503,7 @@ def test_data_changed_in_place_is_detected_on_resume(assets, tmp_path, capsys):
     ("a: [\n", ["not valid YAML"]),
 ])
 def test_recipe_errors_name_the_file_once(tmp_path, text, needles):
-    from lrc.train_flags import FlagError, parse_flags
+    from lrc.train_config import FlagError, parse_flags
 
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)

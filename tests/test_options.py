@@ -7,12 +7,14 @@ one-line errors)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
 from lrc.config import LRCConfig
 from lrc.options import OptionError, OptionParser, dict_to_argv, field_docs, options, run_command
-from lrc.train_flags import FLAGS, LRC_FLAG_FIELDS, MethodFlags, help_text, parse_argv, parse_flags
+from lrc.train_config import (FLAGS, METHOD_FLAGS, MethodFlags, TrainConfig, help_text, method_flag, parse_argv,
+                               parse_flags)
 
 
 @options(group="example")
@@ -91,8 +93,9 @@ def test_method_flags_are_made_from_lrc_config():
     docs = field_docs(LRCConfig)
     fields = {f.name: f for f in dataclasses.fields(LRCConfig)}
     flags = {f.name: f for f in dataclasses.fields(MethodFlags)}
-    assert set(flags) == set(LRC_FLAG_FIELDS) and set(LRC_FLAG_FIELDS.values()) <= set(fields)
-    for flag, name in LRC_FLAG_FIELDS.items():
+    assert set(flags) == set(METHOD_FLAGS) == {method_flag(n) for n in fields}  # every field, init_std included
+    for name in fields:
+        flag = method_flag(name)
         assert docs[name].replace("%", "%%") in flags[flag].metadata["help"], flag
         if name != "target_hidden_size":
             assert LRCConfig(target_hidden_size=8, **{name: flags[flag].default}) == LRCConfig(target_hidden_size=8), flag
@@ -107,13 +110,37 @@ def test_training_command_line_spellings(tmp_path):
     base = ["--raw_model_name", "t", "--dataset-name", str(data), "--output_dir=o", "--target_hidden_size", "8"]
     cfg = parse_argv([*base, "--del_layers", "3,7", "--use_all_attn", "0", "--no_use_aux_loss", "--bf16",
                       "--learning-rate", "1e-3", "--check_data_cls_loss", "False"])
-    assert cfg["del_layers"] == "3,7" and cfg["use_all_attn"] is False and cfg["use_aux_loss"] is False
-    assert cfg["bf16"] is True and cfg["learning_rate"] == 1e-3 and cfg["dataset_name"] == str(data)
-    assert set(cfg["_given"]) >= {"del_layers", "use_all_attn", "use_aux_loss", "bf16", "learning_rate"}
+    assert cfg.method.del_layers == (3, 7) and cfg.method.use_all_attn is False and cfg.method.use_aux_loss is False
+    assert cfg.optim.bf16 == "true" and cfg.optim.learning_rate == 1e-3 and cfg.run.dataset_name == str(data)
+    assert set(cfg.given) >= {"del_layers", "use_all_attn", "use_aux_loss", "bf16", "learning_rate"}
     same = parse_flags({"raw_model_name": "t", "dataset_name": str(data), "output_dir": "o", "target_hidden_size": 8,
                         "del_layers": (3, 7), "use_all_attn": False, "use_aux_loss": False, "bf16": True,
                         "learning_rate": 1e-3, "check_data_cls_loss": False})
-    assert {k: v for k, v in same.items() if k != "_given"} == {k: v for k, v in cfg.items() if k != "_given"}
+    assert dataclasses.replace(same, given=()) == dataclasses.replace(cfg, given=())
+
+
+def test_train_config_round_trips_through_a_recipe_and_a_record(tmp_path):
+    """The command line, a recipe holding the same flags and a stored run record all give the same TrainConfig; the
+    typed object is what the run reads (no flag dict)."""
+    import yaml
+
+    from lrc.checkpoint import TeacherRef
+    from lrc.resume import run_record
+
+    data = tmp_path / "d.txt"
+    data.write_text("x\n")
+    argv = ["--raw_model_name", "t", "--dataset_name", str(data), "--output_dir", "o", "--target_hidden_size", "8",
+            "--del_layers", "3,7", "--learning_rate", "3e-4", "--report_to", "tensorboard", "--str_ban_losses",
+            "mlp-out-loss", "--bf16", "false", "--model_cls", "distill"]
+    cfg = parse_argv(argv)
+    assert cfg.run.model_cls == "lrc" and cfg.method.ban_losses == ("mlp-out-loss",)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({k: v for k, v in cfg.to_flags().items() if k in cfg.given}))
+    from_recipe = parse_argv(["--config", str(recipe)])
+    assert dataclasses.replace(from_recipe, given=()) == dataclasses.replace(cfg, given=())
+    record = json.loads(json.dumps(run_record(cfg, 1, TeacherRef("t", "c", "llama"), bf16=False)))
+    assert TrainConfig.from_record(record) == cfg
+    assert record["flags"]["learning_rate"] == 3e-4 and record["model_cls"] == "lrc"
 
 
 def test_training_docs_flag_reference_is_generated_from_the_dataclasses():
@@ -142,7 +169,7 @@ def test_readme_flag_digest_agrees_with_the_dataclasses():
     dataclasses' (docs/TRAINING.md has the whole generated reference)."""
     from pathlib import Path
 
-    from lrc.train_flags import REQUIRED_FLAGS
+    from lrc.train_config import REQUIRED_FLAGS
 
     rows = [line for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
             if line.startswith("| `--")]

@@ -3,11 +3,12 @@ line overrides a recipe, and a bad recipe is refused in one line naming the file
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from lrc.train_flags import FlagError, parse_flags
+from lrc.train_config import FlagError, parse_flags
 from trainer_helpers import make_assets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,9 +27,9 @@ README_COMMAND = {
 }
 
 
-def _same(a: dict, b: dict) -> None:
-    """Equal configurations: every flag's value (``_given`` says how they were given, so it may differ)."""
-    assert {k: v for k, v in a.items() if k != "_given"} == {k: v for k, v in b.items() if k != "_given"}
+def _same(a, b) -> None:
+    """Equal configurations: every flag's value (``given`` says how they were given, so it may differ)."""
+    assert dataclasses.replace(a, given=()) == dataclasses.replace(b, given=())
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def test_paper_recipe_parses_as_the_readme_command(assets, tmp_path):
     here = {"dataset_name": assets["packed"]}
     from_recipe = parse_flags({"config": str(RECIPES / "lrc-1.5b.yaml"), **here})
     _same(from_recipe, parse_flags({**README_COMMAND, **here}))
-    assert from_recipe["target_hidden_size"] == 1536 and from_recipe["aux_loss_scale_factor"] == 0.2
-    assert from_recipe["learning_rate"] == 1e-4 and from_recipe["str_ban_losses"] == "no"
+    assert from_recipe.method.target_hidden_size == 1536 and from_recipe.method.aux_loss_scale_factor == 0.2
+    assert from_recipe.optim.learning_rate == 1e-4 and from_recipe.method.ban_losses == ()
 
 
 def test_demo_recipe_parses_as_demo():
@@ -52,7 +53,7 @@ def test_demo_recipe_parses_as_demo():
 def test_command_line_overrides_the_recipe(assets):
     cfg = parse_flags({"config": str(RECIPES / "lrc-1.5b.yaml"), "dataset_name": assets["packed"],
                        "learning-rate": 3e-4, "max_steps": 5})
-    assert cfg["learning_rate"] == 3e-4 and cfg["max_steps"] == 5 and cfg["batch_size"] == 3
+    assert cfg.optim.learning_rate == 3e-4 and cfg.optim.max_steps == 5 and cfg.optim.batch_size == 3
 
 
 @pytest.mark.parametrize("text,message", [

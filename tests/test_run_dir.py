@@ -147,8 +147,11 @@ def _record(**flags) -> dict:
                 data_max_len=32, text_field="text", seed=42, num_epochs=1, max_steps=10, model_cls="distill",
                 save_steps=5, log_steps=1)
     base.update(flags)
-    rec = run_record(base, 1, TeacherRef("/t", "c1", "llama", "w1"), {"target_hidden_size": 32})
-    return rec
+    from lrc.train_config import TrainConfig
+
+    bf16 = base.pop("bf16")
+    cfg = TrainConfig.from_flags({**base, "raw_model_name": "/t", "output_dir": "/o", "target_hidden_size": 32})
+    return run_record(cfg, 1, TeacherRef("/t", "c1", "llama", "w1"), bf16)
 
 
 def test_compare_records_names_each_checked_flag():

