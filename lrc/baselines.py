@@ -28,17 +28,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from .checkpoint import CheckpointError
 from .config import LRCConfig, LRCConfigError
 from .families import check_family, student_config
 from .losses import clone_distance, fused_logit_losses
 from .model import LRCOutput
 from .positions import loss_positions
+from .resume import check_resume_compatible
+from .files import save_files_atomically
+from .run_dir import MODEL_WEIGHTS_NAME
 
 BASELINES = ("origin", "only_kd", "prune_kd", "tiny_bert")
 BASELINE_CONFIG_NAME = "baseline_config.json"
@@ -177,3 +182,65 @@ def _threshold(a: Tensor, thr: float) -> Tensor:
     """Attention probabilities (B, H, S, S) with entries <= thr set to 0."""
     return a.masked_fill(a <= thr, 0.0)
 
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def save_baseline_checkpoint(directory: str | Path, model: BaselineModel, state_dict: dict[str, Tensor],
+                             tokenizer=None) -> None:
+    """Write the student (standard HF files), ``baseline_config.json``, tiny_bert's maps and the tokenizer
+    (if given) into ``directory``, each file atomically (``lrc.run_dir.save_files_atomically``)."""
+    from safetensors.torch import save_file
+
+    student_sd = {k[len("student."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("student.")}
+    maps_sd = {k[len("maps."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("maps.")}
+
+    def write(tmp: Path) -> None:
+        model.student.save_pretrained(tmp, state_dict=student_sd)
+        if maps_sd:
+            save_file(maps_sd, str(tmp / MAPS_NAME), metadata={"format": "pt"})
+        (tmp / BASELINE_CONFIG_NAME).write_text(model.cfg.to_json())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    save_files_atomically(directory, write)
+
+
+def load_baseline_checkpoint(directory: str | Path, model: BaselineModel) -> None:
+    """Restore a baseline's student (and maps) from a checkpoint written by ``save_baseline_checkpoint``.
+
+    Strict: the method, the student architecture and every tensor name and shape must match.
+    """
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / MODEL_WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"cannot resume from {str(d)!r}: no {MODEL_WEIGHTS_NAME} in it (not a baseline checkpoint)")
+    cfg_file = d / BASELINE_CONFIG_NAME
+    if cfg_file.is_file():
+        stored = json.loads(cfg_file.read_text())
+        current = model.cfg.to_dict()
+        diff = [k for k in ("method", "attn_loss") if stored.get(k) != current.get(k)]
+        if diff:
+            raise CheckpointError(f"cannot resume from {str(d)!r}: it was trained with "
+                                  + ", ".join(f"{k}={stored.get(k)!r}" for k in diff)
+                                  + " but this run has " + ", ".join(f"{k}={current.get(k)!r}" for k in diff))
+        check_resume_compatible(stored.get("lrc", {}), current["lrc"], d)
+    _load_strict(model.student, load_file(str(d / MODEL_WEIGHTS_NAME)), f"{d / MODEL_WEIGHTS_NAME}", tied_ok=True)
+    if len(model.maps):
+        if not (d / MAPS_NAME).is_file():
+            raise CheckpointError(f"cannot resume tiny_bert from {str(d)!r}: {MAPS_NAME} is missing")
+        _load_strict(model.maps, load_file(str(d / MAPS_NAME)), f"{d / MAPS_NAME}")
+
+
+def _load_strict(module: torch.nn.Module, sd: dict[str, Tensor], what: str, tied_ok: bool = False) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    if tied_ok and getattr(module.config, "tie_word_embeddings", False):
+        missing = [k for k in missing if k != "lm_head.weight"]
+    unexpected = sorted(set(sd) - set(own))
+    bad = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"{what} does not fit this run's model: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}, shape mismatch {bad[:5]}")
+    with torch.no_grad():
+        for k, v in sd.items():
+            own[k].copy_(v)

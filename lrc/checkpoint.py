@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from .config import LRCConfig
 from .errors import LRCError
 from .projections import LRCProjections, official_names
-from .run_dir import CONFIG_NAME, WEIGHTS_NAME, atomic_write, list_checkpoints
+from .files import atomic_write
+from .run_dir import CONFIG_NAME, WEIGHTS_NAME, list_checkpoints
 
 FORMAT_VERSION = "1"
 

@@ -43,9 +43,9 @@ from .config import LRCConfig
 from .errors import LRCError
 from .families import check_family
 from .model import LRCModel
-from .run_dir import (LOCK_NAME, MANIFEST_NAME, RUN_RECORD_NAME, STAGING_DIR, TRAINER_STATE_NAME, atomic_dir,
-                      checkpoint_step, clear_stale_temporaries, looks_complete, read_manifest, verify_checkpoint,
-                      verify_manifest)
+from .files import MANIFEST_NAME, atomic_dir, clear_stale_temporaries, read_manifest, verify_manifest
+from .run_dir import (LOCK_NAME, RUN_RECORD_NAME, STAGING_DIR, TRAINER_STATE_NAME, checkpoint_step, looks_complete,
+                      verify_checkpoint)
 from .teacher import (find_tokenizer, load_causal_lm, load_teacher, load_teacher_config, load_tokenizer,
                       teacher_fingerprint, weights_fingerprint)
 

@@ -181,7 +181,7 @@ def cached_index(path: str, vocab_size: int, progress: bool = True) -> tuple[np.
         pass
     offsets, lengths = index_packed_jsonl(path, vocab_size, progress)
     try:
-        from .run_dir import atomic_write
+        from .files import atomic_write
 
         both = np.stack([offsets, lengths])
         atomic_write(entry, lambda p: np.save(open(p, "wb"), both, allow_pickle=False))

@@ -51,6 +51,10 @@ class NonFiniteError(LRCError, ArithmeticError):
     exit_code = EXIT_NONFINITE
 
 
+class RunDirError(LRCError):
+    """A directory cannot be used (not writable, held by another run, holds another run, incomplete)."""
+
+
 class InterruptedRun(LRCError):
     """A signal stopped the run before there was anything to save."""
 

@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 from .checkpoint import CheckpointError, TeacherRef
 from .train_config import CHECKED_FLAGS
-from .run_dir import (RUN_RECORD_NAME, TRAINER_STATE_NAME, RunDirError, checkpoint_step, finished_step,
-                      list_checkpoints, previous_run_files, read_manifest, verify_checkpoint)
+from .errors import RunDirError
+from .files import read_manifest
+from .run_dir import (RUN_RECORD_NAME, TRAINER_STATE_NAME, checkpoint_step, finished_step, list_checkpoints,
+                      previous_run_files, verify_checkpoint)
 
 if TYPE_CHECKING:
     from .train_config import TrainConfig

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .console import say, warn
-from .run_dir import (MANIFEST_NAME, RUN_RECORD_NAME, STAGING_DIR, RunDirError, RunLock, atomic_write,
-                      check_output_dir, clear_previous_run, clear_staging, foreign_model_files, fsync_dir,
-                      write_json_atomic)
+from .errors import RunDirError
+from .files import MANIFEST_NAME, atomic_write, fsync_dir, write_json_atomic
+from .run_dir import (RUN_RECORD_NAME, STAGING_DIR, RunLock, check_output_dir, clear_previous_run, clear_staging,
+                      foreign_model_files)
 
 if TYPE_CHECKING:
     from .train_config import TrainConfig

@@ -179,3 +179,34 @@ def generate_sharded(generate: Callable[[list[str]], dict[str, Tensor]], names: 
     gathered = _GatherShards.apply(plan, shapes, [generated[n] for n in mine], *params)
     full = dict(zip(plan.order, gathered))
     return {n: full[n] if n in plan.owner else generated[n] for n in names}
+
+
+def setup_sharded_generation(model, mode: str, world_size: int) -> str:
+    """Give ``model`` a ``ShardPlan`` over this node's processes (``lrc.sharded_generation``) when ``mode`` (auto |
+    on | off) and the launch call for it; returns what was decided, for the log.
+
+    auto shards only with several NCCL (GPU) processes per node; on also shards gloo (CPU) processes. Never
+    across nodes: the group is the node's consecutive ranks (``LOCAL_WORLD_SIZE``, as torchrun sets it). Every
+    rank decides from the same facts, so all of them create the groups (a collective) or none does."""
+    import os
+
+    import torch.distributed as dist
+
+    if mode == "off":
+        return "not sharded (--shard_generation off)"
+    if world_size < 2 or not dist.is_initialized():
+        return "not sharded (one process)"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local < 2:
+        return "not sharded (one process per node; generation is never sharded across nodes)"
+    if mode == "auto" and dist.get_backend() != "nccl":
+        return "not sharded (auto shards GPU processes only; --shard_generation on forces it)"
+    if world_size % local:
+        return f"not sharded (the world size {world_size} is not a multiple of {local} processes per node)"
+    group, _ = dist.new_subgroups(group_size=local)
+    plan = model.plan_sharded_generation(group, dist.get_rank(group), local)
+    if plan is None:
+        return f"not sharded (fewer student matrices than the {local} processes per node)"
+    per_rank = plan.flops_per_rank()
+    return (f"sharded over the {local} processes of this node: generation {max(per_rank) / 1e9:.3g} GFLOP per rank "
+            f"per step instead of {sum(per_rank) / 1e9:.3g} (forward + backward)")

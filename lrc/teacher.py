@@ -179,7 +179,7 @@ def weight_files(path: str) -> list[Path]:
 
 def weights_fingerprint(path: str, progress: bool = True) -> str:
     """A hash that changes when any weight file of ``path`` changes (see the module docstring)."""
-    from .run_dir import sha256_file
+    from .files import sha256_file
 
     files = weight_files(path)
     total = sum(f.stat().st_size for f in files)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import DataError
 from .file_cache import cached_json
-from .run_dir import write_json_atomic
+from .files import write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "lrc-token-shards"

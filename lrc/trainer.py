@@ -9,7 +9,7 @@ What they change in the HF ``Trainer`` (items 1-5: ``DistillTrainer``; 3 and 6: 
    decay 0, as the official code), so the frozen teacher never reaches it.
 2. **Logging without per-step host syncs.** Every micro-step adds the loss components (``loss``,
    ``ce``, ``kl``, ``clone``, every clone term summed over layers, and every per-layer term
-   ``L{layer}-{term}``) to one on-device vector (``LossMeter``). At each logging step the window
+   ``L{layer}-{term}``) to one on-device vector (``lrc.train_logging.LossMeter``). At each logging step the window
    means are reduced over processes and copied to the host once, and join HF's own ``loss`` /
    ``grad_norm`` / ``learning_rate`` in ``log_history`` (hence ``trainer_state.json``), wandb and
    tensorboard. Every ``diagnostics_steps`` steps ``lrc.diagnostics`` adds the hidden states' effective
@@ -22,7 +22,8 @@ What they change in the HF ``Trainer`` (items 1-5: ``DistillTrainer``; 3 and 6: 
    (``_load_from_checkpoint``); optimizer, scheduler, RNG and trainer state come from HF's own files,
    all read by torch's weights-only unpickler (``lrc.run_dir.weights_only_loads``). (Under DeepSpeed
    the engine's own checkpoint restores the module, as HF does; it contains the frozen teacher too.)
-4. **The run-directory contract** (``lrc.run_dir``, ``lrc.resume``). Every process writes a checkpoint
+4. **The run-directory contract** (``lrc.run_dir``, ``lrc.resume``, ``lrc.checkpoint_publish``). Every process
+   writes a checkpoint
    into ``{output_dir}/.staging/checkpoint-N`` (``_get_output_dir`` points there for the duration of
    HF's ``_save_checkpoint``); after a barrier the main process adds the run's record
    (``run_config.json``) and the manifest (sizes and sha256 of every file, written last), and renames
@@ -42,15 +43,16 @@ What they change in the HF ``Trainer`` (items 1-5: ``DistillTrainer``; 3 and 6: 
    tells the model whether it ends the optimizer step (``window_end`` = accelerate's ``sync_gradients``),
    so the weights are generated once per step (``lrc.generation_window``; ``generation_once_per_step``
    false turns it off). With several processes per node the generation can be sharded over them
-   (``setup_sharded_generation``, ``lrc.sharded_generation``).
+   (``lrc.sharded_generation.setup_sharded_generation``).
+
+Items 3 and 4 override private ``transformers.Trainer`` methods; they are listed, with what each relies on, in
+``HF_PRIVATE_OVERRIDES`` and grouped in one section of ``DistillTrainer``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,126 +61,38 @@ from torch import Tensor
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .baselines import BASELINE_CONFIG_NAME, MAPS_NAME, BaselineModel
+from . import checkpoint_publish as publish
+from .baselines import BaselineModel, load_baseline_checkpoint, save_baseline_checkpoint
 from .checkpoint import (CheckpointError, TeacherRef, core_basis_note, load_into_projections, load_lrc_checkpoint,
                          save_lrc_checkpoint)
 from .data import collate_batch
-from .errors import LRCError, NonFiniteError
+from .errors import LRCError
 from .evaluate import ce_sum
 from .model import LRCModel, LRCOutput
-from .resume import (BATCH_GEOMETRY, SCHEDULE_FLAGS, ResumePlan, check_resume_compatible, checkpoint_on_line,
-                     data_position)
-from .run_dir import (MODEL_WEIGHTS_NAME, RUN_RECORD_NAME, STAGING_DIR, WEIGHTS_NAME, list_checkpoints, looks_complete,
-                      publish_checkpoint, rotate_checkpoints, save_files_atomically, write_json_atomic)
+from .resume import BATCH_GEOMETRY, SCHEDULE_FLAGS, ResumePlan, check_resume_compatible, checkpoint_on_line, data_position
+from .files import write_json_atomic
+from .run_dir import RUN_RECORD_NAME, STAGING_DIR, WEIGHTS_NAME, list_checkpoints, looks_complete
+from .sharded_generation import setup_sharded_generation
+from .train_logging import (LAYER_KEY_RE, CompactPrinterCallback, CompactProgressCallback, LossMeter,
+                            NonFiniteLossError)
 
 logger = logging.getLogger(__name__)
-_LAYER_KEY_RE = re.compile(r"^L\d+-")
+
+HF_PRIVATE_OVERRIDES: dict[str, str] = {
+    "_get_output_dir": "called by Trainer._save_checkpoint for the directory the checkpoint-N folder goes in "
+                       "(pointed at OUT/.staging while a checkpoint is written)",
+    "_save_checkpoint": "writes checkpoint-N: save_model, optimizer/scheduler, RNG and trainer state, then rotation "
+                        "(wrapped: staged, recorded, manifested, renamed)",
+    "_save": "called by save_model with (output_dir, state_dict) to write the weights",
+    "_init_training_state": "returns (epochs_trained, steps_trained_in_current_epoch) of a resumed run",
+    "_load_optimizer_and_scheduler": "restores the optimizer and the lr scheduler from a checkpoint directory",
+    "_load_from_checkpoint": "restores the model's weights from a checkpoint directory when resuming",
+}
+"""The private ``transformers.Trainer`` methods these trainers override, and what they rely on each one doing (the
+``transformers>=5,<6`` pin alone does not hold them: ``tests/test_hf_overrides.py`` checks each against the installed
+release and fails naming the one that changed)."""
 
 
-class NonFiniteLossError(NonFiniteError, RuntimeError):
-    """The loss (or one of its components) became NaN or infinite; training stopped, nothing was saved."""
-
-
-class CheckpointWriteError(LRCError):
-    """Writing a checkpoint failed (a full disk, a quota, an I/O error); nothing of it was kept."""
-
-
-def write_failure(e: BaseException) -> bool:
-    """Whether ``e`` is a writer's report of a failed write, which torch and safetensors raise as RuntimeError /
-    SafetensorError instead of OSError (torch: ``[enforce fail at inline_container.cc] unexpected pos ...`` or
-    ``PytorchStreamWriter failed writing file``; safetensors: ``I/O error: No space left on device``)."""
-    text = str(e)
-    return any(k in text for k in ("inline_container", "PytorchStreamWriter", "I/O error", "No space left",
-                                   "Disk quota exceeded"))
-
-
-def describe_write_failure(e: BaseException, name: str, directory: Path) -> str:
-    """One line: what failed, the writer's words, the free space left and what to do."""
-    import shutil
-
-    try:
-        free = shutil.disk_usage(directory).free
-        space = f"{free / 2**20:,.1f} MiB free on the filesystem of {directory}"
-    except OSError:
-        free, space = None, f"the free space of {directory} is unknown"
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    full = free is not None and free < 64 << 20
-    return (f"writing {name} failed ({type(e).__name__}: {first}); {space}"
-            + (": the disk is full. Free space (or point --output_dir elsewhere) and resume with --resume auto"
-               if full else ". Check the filesystem, then resume with --resume auto")
-            + "; nothing of this checkpoint was kept, the earlier checkpoints are intact")
-
-
-# ---------------------------------------------------------------------------------------------- logging
-class LossMeter:
-    """Window sums of the loss components, kept on the device (no host sync until ``read``).
-
-    Each ``add`` stacks one micro-step's components into a vector of fixed layout (``keys``), adds it
-    to the window sum, and, the first time any entry is non-finite, records the optimizer step and
-    which entries were bad.
-    """
-
-    def __init__(self) -> None:
-        self.keys: list[str] | None = None
-        self.sum: Tensor | None = None
-        self.count = 0  # micro-steps in the window (host int, no sync)
-        self.first_bad_step: Tensor | None = None  # () int64, -1 while everything was finite
-        self.bad_at_first: Tensor | None = None  # (K,) bool: the non-finite entries at that micro-step
-
-    @staticmethod
-    def flatten(out: LRCOutput) -> tuple[list[str], list[Tensor]]:
-        keys = ["loss", "ce", "kl", "clone"]
-        vals = [out.loss.detach(), out.ce, out.kl, out.clone]
-        for name in sorted(out.terms):
-            keys.append(name)
-            vals.append(out.terms[name])
-        for (layer, name) in sorted(out.layer_terms):
-            keys.append(f"L{layer}-{name}")
-            vals.append(out.layer_terms[(layer, name)])
-        return keys, vals
-
-    def add(self, out: LRCOutput, step: int) -> None:
-        keys, vals = self.flatten(out)
-        vec = torch.stack([v.float().reshape(()) for v in vals])  # (K,)
-        if self.keys is None:
-            self.keys = keys
-            self.sum = torch.zeros_like(vec)
-            self.first_bad_step = torch.full((), -1, dtype=torch.long, device=vec.device)
-            self.bad_at_first = torch.zeros(vec.shape, dtype=torch.bool, device=vec.device)
-        elif keys != self.keys:
-            raise RuntimeError(f"the set of logged loss terms changed between steps: {self.keys} -> {keys}")
-        self.sum += vec
-        self.count += 1
-        bad = ~torch.isfinite(vec)
-        first = (self.first_bad_step < 0) & bad.any()
-        self.first_bad_step = torch.where(first, step, self.first_bad_step)
-        self.bad_at_first = torch.where(first, bad, self.bad_at_first)
-
-    def reset_window(self) -> None:
-        if self.sum is not None:
-            self.sum.zero_()
-        self.count = 0
-
-
-# ---------------------------------------------------------------------------------------------- console
-class _CompactLogs:
-    """Console output only: per-layer keys (``L3-mlp-up-loss``) stay out of the printed line; they still
-    reach ``log_history``, wandb and tensorboard."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        shown = {k: v for k, v in (logs or {}).items() if not _LAYER_KEY_RE.match(k)}
-        return super().on_log(args, state, control, logs=shown, **kwargs)
-
-
-class CompactProgressCallback(_CompactLogs, ProgressCallback):
-    pass
-
-
-class CompactPrinterCallback(_CompactLogs, PrinterCallback):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------- trainer
 class DistillTrainer(Trainer):
     """``Trainer`` for a model whose ``forward`` returns an ``LRCOutput`` and which names its own
     ``trainable_parameters()`` (module docstring, items 1-5). Subclasses say what a checkpoint holds
@@ -268,8 +182,8 @@ class DistillTrainer(Trainer):
             return
         step, *flags = min(rows, key=lambda r: r[0])
         bad = [k for k, f in zip(m.keys, flags) if f]
-        components = [k for k in bad if not _LAYER_KEY_RE.match(k) and k != "loss"] or ["loss"]
-        layers = [k for k in bad if _LAYER_KEY_RE.match(k)]
+        components = [k for k in bad if not LAYER_KEY_RE.match(k) and k != "loss"] or ["loss"]
+        layers = [k for k in bad if LAYER_KEY_RE.match(k)]
         where = f" (per layer: {', '.join(layers[:6])}{' ...' if len(layers) > 6 else ''})" if layers else ""
         step = int(step)
         raise NonFiniteLossError(
@@ -342,6 +256,11 @@ class DistillTrainer(Trainer):
         self._raise_if_nonfinite()
         self._save(output_dir, state_dict=self._trainable_state_dict())
 
+    def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
+        """Write ``state_dict`` (the ``_named_trainable`` tensors) and what describes them into ``output_dir``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ HF private overrides (HF_PRIVATE_OVERRIDES)
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
@@ -351,58 +270,40 @@ class DistillTrainer(Trainer):
             state_dict = {n: p.detach() for n, p in named}  # local copy: no collective on one rank
         self._write_checkpoint(output_dir, state_dict)
 
-    def _write_checkpoint(self, output_dir: str, state_dict: dict[str, Tensor]) -> None:
-        """Write ``state_dict`` (the ``_named_trainable`` tensors) and what describes them into ``output_dir``."""
-        raise NotImplementedError
-
     def _get_output_dir(self, trial) -> str:
         return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
         """HF's checkpoint (weights, optimizer, scheduler, RNG, trainer state), staged, recorded, manifested
-        and renamed into place (module docstring, item 4)."""
+        and renamed into place (module docstring, item 4; ``lrc.checkpoint_publish``)."""
         self._raise_if_nonfinite()  # before any file is touched
         run_dir = Path(super()._get_output_dir(trial))
         step = self.state.global_step
         name = f"checkpoint-{step}"
-        staging = run_dir / STAGING_DIR
+        staged = run_dir / STAGING_DIR / name
         if self.args.should_save:
-            staging.mkdir(parents=True, exist_ok=True)
-            if (staging / name).exists():  # leftover of a run killed while saving this step
-                shutil.rmtree(staging / name)
+            publish.begin_staging(run_dir, name)
         self.accelerator.wait_for_everyone()
-        self._staging_root = str(staging)
+        self._staging_root = str(staged.parent)
         try:
             super()._save_checkpoint(model, trial)  # every rank writes into staging/checkpoint-N
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
-                self._publish(staging / name, run_dir / name, step)
+                publish.publish_staged(staged, run_dir / name, step, self.run_record)
             self.accelerator.wait_for_everyone()
-            if self.is_local_process_zero() and (staging / name).exists():
-                self._publish(staging / name, run_dir / name, step)  # node-local disks: each node's own copy
+            if self.is_local_process_zero() and staged.exists():  # node-local disks: each node's own copy
+                publish.publish_staged(staged, run_dir / name, step, self.run_record)
         except BaseException as e:
             if self.is_local_process_zero():
-                shutil.rmtree(staging / name, ignore_errors=True)  # nothing half-written stays behind
-            if not isinstance(e, (LRCError, OSError)) and isinstance(e, Exception) and write_failure(e):
-                raise CheckpointWriteError(describe_write_failure(e, name, run_dir)) from e
+                publish.discard_staged(staged)
+            if not isinstance(e, (LRCError, OSError)) and isinstance(e, Exception) and publish.write_failure(e):
+                raise publish.CheckpointWriteError(publish.describe_write_failure(e, name, run_dir)) from e
             raise
         finally:
             self._staging_root = None
         if self.args.should_save:
-            lineage = (self.run_record or {}).get("lineage")
-            rotate_checkpoints(run_dir, self.args.save_total_limit, just_written=run_dir / name,
-                               on_line=lambda p: checkpoint_on_line(p, lineage))
-            try:
-                staging.rmdir()  # only when empty
-            except OSError:
-                pass
+            publish.after_publish(run_dir, self.args.save_total_limit, run_dir / name, self.run_record)
 
-    def _publish(self, staged: Path, final: Path, step: int) -> None:
-        if self.run_record is not None:
-            write_json_atomic(staged / RUN_RECORD_NAME, self.run_record)
-        publish_checkpoint(staged, final, step)
-
-    # ------------------------------------------------------------------ resuming
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial) -> tuple[int, int]:
         """HF's, except after an allowed change of batch size, accumulation or world size: then the data
@@ -525,38 +426,6 @@ class LRCTrainer(DistillTrainer):
             logger.warning(note)
 
 
-# ---------------------------------------------------------------------------------------------- sharded generation
-def setup_sharded_generation(model: LRCModel, mode: str, world_size: int) -> str:
-    """Give ``model`` a ``ShardPlan`` over this node's processes (``lrc.sharded_generation``) when ``mode`` (auto |
-    on | off) and the launch call for it; returns what was decided, for the log.
-
-    auto shards only with several NCCL (GPU) processes per node; on also shards gloo (CPU) processes. Never
-    across nodes: the group is the node's consecutive ranks (``LOCAL_WORLD_SIZE``, as torchrun sets it). Every
-    rank decides from the same facts, so all of them create the groups (a collective) or none does."""
-    import os
-
-    import torch.distributed as dist
-
-    if mode == "off":
-        return "not sharded (--shard_generation off)"
-    if world_size < 2 or not dist.is_initialized():
-        return "not sharded (one process)"
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if local < 2:
-        return "not sharded (one process per node; generation is never sharded across nodes)"
-    if mode == "auto" and dist.get_backend() != "nccl":
-        return "not sharded (auto shards GPU processes only; --shard_generation on forces it)"
-    if world_size % local:
-        return f"not sharded (the world size {world_size} is not a multiple of {local} processes per node)"
-    group, _ = dist.new_subgroups(group_size=local)
-    plan = model.plan_sharded_generation(group, dist.get_rank(group), local)
-    if plan is None:
-        return f"not sharded (fewer student matrices than the {local} processes per node)"
-    per_rank = plan.flops_per_rank()
-    return (f"sharded over the {local} processes of this node: generation {max(per_rank) / 1e9:.3g} GFLOP per rank "
-            f"per step instead of {sum(per_rank) / 1e9:.3g} (forward + backward)")
-
-
 # ---------------------------------------------------------------------------------------------- baselines
 class BaselineTrainer(DistillTrainer):
     """``DistillTrainer`` for a ``BaselineModel`` (``--model_cls origin | only_kd | prune_kd | tiny_bert``).
@@ -598,65 +467,3 @@ class BaselineTrainer(DistillTrainer):
         load_baseline_checkpoint(resume_from_checkpoint, self.baseline_model)
 
 
-def save_baseline_checkpoint(directory: str | Path, model: BaselineModel, state_dict: dict[str, Tensor],
-                             tokenizer=None) -> None:
-    """Write the student (standard HF files), ``baseline_config.json``, tiny_bert's maps and the tokenizer
-    (if given) into ``directory``, each file atomically (``lrc.run_dir.save_files_atomically``)."""
-    from safetensors.torch import save_file
-
-    student_sd = {k[len("student."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("student.")}
-    maps_sd = {k[len("maps."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("maps.")}
-
-    def write(tmp: Path) -> None:
-        model.student.save_pretrained(tmp, state_dict=student_sd)
-        if maps_sd:
-            save_file(maps_sd, str(tmp / MAPS_NAME), metadata={"format": "pt"})
-        (tmp / BASELINE_CONFIG_NAME).write_text(model.cfg.to_json())
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-
-    save_files_atomically(directory, write)
-
-
-def load_baseline_checkpoint(directory: str | Path, model: BaselineModel) -> None:
-    """Restore a baseline's student (and maps) from a checkpoint written by ``save_baseline_checkpoint``.
-
-    Strict: the method, the student architecture and every tensor name and shape must match.
-    """
-    import json
-
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    if not (d / MODEL_WEIGHTS_NAME).is_file():
-        raise CheckpointError(f"cannot resume from {str(d)!r}: no {MODEL_WEIGHTS_NAME} in it (not a baseline checkpoint)")
-    cfg_file = d / BASELINE_CONFIG_NAME
-    if cfg_file.is_file():
-        stored = json.loads(cfg_file.read_text())
-        current = model.cfg.to_dict()
-        diff = [k for k in ("method", "attn_loss") if stored.get(k) != current.get(k)]
-        if diff:
-            raise CheckpointError(f"cannot resume from {str(d)!r}: it was trained with "
-                                  + ", ".join(f"{k}={stored.get(k)!r}" for k in diff)
-                                  + " but this run has " + ", ".join(f"{k}={current.get(k)!r}" for k in diff))
-        check_resume_compatible(stored.get("lrc", {}), current["lrc"], d)
-    _load_strict(model.student, load_file(str(d / MODEL_WEIGHTS_NAME)), f"{d / MODEL_WEIGHTS_NAME}", tied_ok=True)
-    if len(model.maps):
-        if not (d / MAPS_NAME).is_file():
-            raise CheckpointError(f"cannot resume tiny_bert from {str(d)!r}: {MAPS_NAME} is missing")
-        _load_strict(model.maps, load_file(str(d / MAPS_NAME)), f"{d / MAPS_NAME}")
-
-
-def _load_strict(module: torch.nn.Module, sd: dict[str, Tensor], what: str, tied_ok: bool = False) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    if tied_ok and getattr(module.config, "tie_word_embeddings", False):
-        missing = [k for k in missing if k != "lm_head.weight"]
-    unexpected = sorted(set(sd) - set(own))
-    bad = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"{what} does not fit this run's model: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}, shape mismatch {bad[:5]}")
-    with torch.no_grad():
-        for k, v in sd.items():
-            own[k].copy_(v)

@@ -75,7 +75,7 @@ def main(gb: float = RunContractBench.gb, path: str | None = None, keep: bool = 
     """Time every phase (flags: ``RunContractBench``); print, and with ``json_out`` write, the results."""
     import lrc.data_check as dc
     from lrc.file_cache import cached_json
-    from lrc.run_dir import sha256_file
+    from lrc.files import sha256_file
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-contract-"))
     data = Path(path) if path else tmp / "train.jsonl"

@@ -178,7 +178,7 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
               "batch_size": batch_size, "seq_len": seq_len, "lrc": lrc.to_dict(), "loss_values": res["values"],
               "components": rows}
     if json_out:
-        from lrc.run_dir import write_json_atomic
+        from lrc.files import write_json_atomic
 
         write_json_atomic(json_out, report)
         print(f"\nwritten: {json_out}")

@@ -186,7 +186,7 @@ def _hf_teacher(cfg: ReproConfig, out: Path) -> str:
         return str(dst)
     from lrc.teacher import load_teacher, load_tokenizer
 
-    from lrc.run_dir import atomic_dir
+    from lrc.files import atomic_dir
 
     print(f"dequantising {cfg.teacher} into {dst} (once) ...", flush=True)
     with atomic_dir(dst) as tmp:
@@ -207,7 +207,7 @@ def _sample_sequences(path: str, tokenizer, seq_len: int, n: int, seed: int):
 
 
 def _write_jsonl(rows: list[list[int]], path: Path) -> None:
-    from lrc.run_dir import write_text_atomic
+    from lrc.files import write_text_atomic
 
     write_text_atomic(path, "".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
 
@@ -253,7 +253,7 @@ SHARED_FLAGS = frozenset(run_flags(ReproConfig(), "", "", Path("."), 1))
 
 def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_file: str, evaluator) -> None:
     from lrc.run import train
-    from lrc.run_dir import write_json_atomic
+    from lrc.files import write_json_atomic
     from lrc.train_config import parse_flags
 
     run_dir = out / "runs" / method
@@ -333,7 +333,8 @@ def _two_phases(flags: dict[str, Any], cfg: ReproConfig, teacher: str, train_fil
     import shutil
 
     from lrc.run import train
-    from lrc.run_dir import CONFIG_NAME, WEIGHTS_NAME, atomic_dir
+    from lrc.files import atomic_dir
+    from lrc.run_dir import CONFIG_NAME, WEIGHTS_NAME
     from lrc.train_config import parse_flags
 
     mode = flags.pop("then")
@@ -430,7 +431,7 @@ NOTES_MARKER = "<!-- notes: everything below this line is kept when the report i
 
 
 def write_report(cfg: ReproConfig, out: Path, docs: Path, command: str) -> None:
-    from lrc.run_dir import write_text_atomic
+    from lrc.files import write_text_atomic
 
     res, teacher = load_results(out)
     if not res:
@@ -502,7 +503,7 @@ def _gpu_name() -> str:
 def _plot(res, teacher_ppl, path: Path, cfg: ReproConfig) -> None:
     import matplotlib
 
-    from lrc.run_dir import atomic_write
+    from lrc.files import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

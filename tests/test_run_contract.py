@@ -23,8 +23,9 @@ import torch
 from transformers import TrainerCallback
 
 import hf_trainer
-from lrc.run_dir import (LOCK_NAME, MANIFEST_NAME, STAGING_DIR, finished_step, newest_complete_checkpoint,
-                         previous_run_files, verify_checkpoint, write_manifest)
+from lrc.files import MANIFEST_NAME, write_manifest
+from lrc.run_dir import (LOCK_NAME, STAGING_DIR, finished_step, newest_complete_checkpoint, previous_run_files,
+                         verify_checkpoint)
 from lrc.trainer import LRCTrainer
 from tiny import VOCAB, save_teacher, tiny_teacher
 from trainer_helpers import argv, base_flags, cli, free_port, make_assets, train, train_logs, weights

@@ -16,9 +16,11 @@ import torch
 
 from lrc.checkpoint import CheckpointError, TeacherRef
 from lrc.resume import (CHECKED_FLAGS, DataPosition, compare_records, data_position, plan_resume, run_record)
-from lrc.run_dir import (MANIFEST_NAME, RUN_RECORD_NAME, WEIGHTS_NAME, RunDirError, RunLock, atomic_write, check_output_dir,
-                         finished_step, newest_complete_checkpoint, publish_checkpoint, unpickler_refusal, verify_checkpoint,
-                         verify_manifest, weights_only_loads, write_final_outputs, write_json_atomic, write_manifest)
+from lrc.errors import RunDirError
+from lrc.files import MANIFEST_NAME, atomic_write, verify_manifest, write_json_atomic, write_manifest
+from lrc.run_dir import (RUN_RECORD_NAME, WEIGHTS_NAME, RunLock, check_output_dir, finished_step,
+                         newest_complete_checkpoint, publish_checkpoint, unpickler_refusal, verify_checkpoint,
+                         weights_only_loads, write_final_outputs)
 
 
 def test_file_names_are_transformers_own():

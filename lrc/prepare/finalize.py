@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..run_dir import publish_dir
+from ..files import publish_dir
 from ..token_shards import JSONL_EXPORT, Manifest
 from .merge import Merged, merge_tasks
 from .plan import Plan

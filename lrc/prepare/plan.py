@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..run_dir import write_json_atomic
+from ..files import write_json_atomic
 from ..token_shards import FRAMINGS, default_sequences_per_shard, shard_dtype
 from .config import EXECUTORS, PrepareConfig
 from .filters import parse_filter

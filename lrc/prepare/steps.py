@@ -16,7 +16,7 @@ from datatrove.pipeline.readers.base import BaseReader
 
 from ..data import iter_text_blocks, open_binary, parse_json_line
 from ..errors import DataError
-from ..run_dir import write_json_atomic
+from ..files import write_json_atomic
 from .filters import parse_filter, passes
 from .finalize import finalize
 from .sources import Source, file_format
