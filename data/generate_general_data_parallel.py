@@ -4,7 +4,7 @@
 
 import sys
 
-from lrc.prepare_cli import cli
+from lrc.data.prepare.cli import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""``lrc prepare`` under its old path (``lrc.prepare_cli``; same flags): raw text / conversations -> shuffled
+"""``lrc prepare`` under its old path (``lrc.data.prepare.cli``; same flags): raw text / conversations -> shuffled
 fixed-length token shards + manifest.json, read by ``lrc train --dataset_name DIR``."""
 
 import sys
 
-from lrc.prepare_cli import cli, main  # noqa: F401
+from lrc.data.prepare.cli import cli, main  # noqa: F401
 
 if __name__ == "__main__":
     sys.exit(cli())

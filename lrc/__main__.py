@@ -20,13 +20,13 @@ import sys
 from collections.abc import Callable
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("lrc.run", "distil a student from a teacher (the official command line; --demo: the out-of-the-box run)"),
-    "prepare": ("lrc.prepare_cli", "tokenize raw text / conversations into shuffled token shards + manifest"),
-    "convert": ("lrc.convert_cli", "fold a trained LRC checkpoint into a standard Hugging Face model directory"),
-    "eval": ("lrc.evaluate", "held-out cross-entropy and perplexity of a model (student, teacher or .gguf)"),
-    "harness": ("lrc.harness", "lm-eval benchmarks of a converted student (the paper's tasks), results.md beside "
+    "train": ("lrc.training.command", "distil a student from a teacher (the official command line; --demo: the out-of-the-box run)"),
+    "prepare": ("lrc.data.prepare.cli", "tokenize raw text / conversations into shuffled token shards + manifest"),
+    "convert": ("lrc.after.convert_cli", "fold a trained LRC checkpoint into a standard Hugging Face model directory"),
+    "eval": ("lrc.after.evaluate", "held-out cross-entropy and perplexity of a model (student, teacher or .gguf)"),
+    "harness": ("lrc.after.harness", "lm-eval benchmarks of a converted student (the paper's tasks), results.md beside "
                                "the paper's numbers"),
-    "bench": ("lrc.bench_step", "step-speed benchmark: teacher forward, student step, LRC step, their ratio"),
+    "bench": ("lrc.training.bench", "step-speed benchmark: teacher forward, student step, LRC step, their ratio"),
 }
 """Subcommand -> (module whose ``cli(argv) -> exit code`` runs it, one-line description)."""
 

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from .projections import GAINS, IN_SIDE_D_BY_DS, LRCProjections
+from lrc.projections import GAINS, IN_SIDE_D_BY_DS, LRCProjections
 
 
 @torch.no_grad()
@@ -115,8 +115,8 @@ def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher) 
 
 
 def dataset_batches(dataset, batch_size: int = 8) -> Iterable[tuple[Tensor, Tensor | None]]:
-    """``(input_ids, attention_mask or None)`` batches of a training dataset, in order (``lrc.data`` items)."""
-    from .data import collate_batch
+    """``(input_ids, attention_mask or None)`` batches of a training dataset, in order (``lrc.data.datasets`` items)."""
+    from lrc.data.datasets import collate_batch
 
     for start in range(0, len(dataset), batch_size):
         batch = collate_batch([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
@@ -136,8 +136,8 @@ def initialise_from_activations(model, dataset, calib_tokens: int) -> dict:
 def pruned_teacher_weights(teacher, lrc, channels: list[int], student_param_names: list[str]) -> dict[str, Tensor]:
     """The width-pruned teacher's weights under the student's HF names (fp32): LRC's generation with the
     channel-selection projections, so they are exactly the student ``proj_init="activation"`` starts from."""
-    from .families import is_tied
-    from .generate import generate_student_weights
+    from lrc.families import is_tied
+    from lrc.generate import generate_student_weights
 
     tcfg = teacher.config
     kept = lrc.kept_layers(tcfg.num_hidden_layers)

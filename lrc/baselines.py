@@ -34,16 +34,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import SAFE_WEIGHTS_NAME as MODEL_WEIGHTS_NAME
 
-from .checkpoint import CheckpointError
-from .config import LRCConfig, LRCConfigError
-from .families import check_family, student_config
-from .losses import clone_distance, fused_logit_losses
-from .model import LRCOutput
-from .positions import loss_positions
-from .resume import check_resume_compatible
-from .files import save_files_atomically
-from .run_dir import MODEL_WEIGHTS_NAME
+from lrc.checkpoint import CheckpointError, check_resume_compatible
+from lrc.config import LRCConfig, LRCConfigError
+from lrc.families import check_family, student_config
+from lrc.files import save_files_atomically
+from lrc.losses import clone_distance, fused_logit_losses
+from lrc.model import LRCOutput
+from lrc.positions import loss_positions
 
 BASELINES = ("origin", "only_kd", "prune_kd", "tiny_bert")
 BASELINE_CONFIG_NAME = "baseline_config.json"
@@ -187,7 +186,7 @@ def _threshold(a: Tensor, thr: float) -> Tensor:
 def save_baseline_checkpoint(directory: str | Path, model: BaselineModel, state_dict: dict[str, Tensor],
                              tokenizer=None) -> None:
     """Write the student (standard HF files), ``baseline_config.json``, tiny_bert's maps and the tokenizer
-    (if given) into ``directory``, each file atomically (``lrc.run_dir.save_files_atomically``)."""
+    (if given) into ``directory``, each file atomically (``lrc.files.save_files_atomically``)."""
     from safetensors.torch import save_file
 
     student_sd = {k[len("student."):]: v.contiguous() for k, v in state_dict.items() if k.startswith("student.")}

@@ -7,30 +7,51 @@ Layout of a checkpoint directory (a training output dir or a ``checkpoint-N`` di
   ``lrc_config`` (JSON), ``teacher_name_or_path``, ``teacher_config_hash``, ``lrc_format_version``;
 - ``lrc_config.json``: the same information, human-readable.
 
-Writes are atomic (``lrc.run_dir.atomic_write``: temporary file, fsync, rename), so a crash never
+Writes are atomic (``lrc.training.run_dir.atomic_write``: temporary file, fsync, rename), so a crash never
 leaves a half-written file under the final name. Official-code checkpoints (``model.zoom.weight`` ...) are read too, with the
 variant inferred from the tensor names and shapes (``read_official_state``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .config import LRCConfig
-from .errors import LRCError
-from .projections import LRCProjections, official_names
-from .files import atomic_write
-from .run_dir import CONFIG_NAME, WEIGHTS_NAME, list_checkpoints
+from lrc.config import LRCConfig
+from lrc.errors import LRCError
+from lrc.files import atomic_write
+from lrc.projections import LRCProjections, official_names
 
 FORMAT_VERSION = "1"
+WEIGHTS_NAME = "lrc_weights.safetensors"
+"""An LRC checkpoint's trainable tensors (projections and student gains)."""
+CONFIG_NAME = "lrc_config.json"
+"""The same checkpoint's LRC config and teacher identity, readable."""
+_CKPT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N`` directory in ``output_dir``, oldest first (unverified)."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name)))
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """N of a ``checkpoint-N`` directory (None for another name)."""
+    m = _CKPT_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 class CheckpointError(LRCError, ValueError):
@@ -219,6 +240,23 @@ def core_basis_note(stored: str, now: str, where: str | os.PathLike) -> str | No
             f"the teacher's space, which is unique, so the student differs by rounding only")
 
 
+# Fields of the LRC config that may differ between a checkpoint and the run resuming from it.
+_RESUME_FREE_FIELDS = ("logits_chunk_tokens",)
+
+
+def check_resume_compatible(stored: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    """Refuse to resume a checkpoint under a different LRC configuration (names the differing fields)."""
+    # A field added after the checkpoint was written has its default there (e.g. mlp_train = "lrc").
+    defaults = {f.name: f.default for f in dataclasses.fields(LRCConfig) if f.default is not dataclasses.MISSING}
+    stored = {**{k: v for k, v in defaults.items() if k in current}, **stored}
+    diff = [f"{k}: checkpoint {stored.get(k)!r} vs now {current.get(k)!r}" for k in sorted(set(stored) | set(current))
+            if k not in _RESUME_FREE_FIELDS and stored.get(k) != current.get(k)]
+    if diff:
+        raise CheckpointError(f"cannot resume from {str(where)!r} with a different LRC configuration ({'; '.join(diff)}); "
+                              f"use the checkpoint's settings (see its {CONFIG_NAME}), or --load_model_weight_path "
+                              f"for a warm start without optimizer state")
+
+
 # ---------------------------------------------------------------------------------------------- --init_from
 INIT_FROM_MATCHED = ("target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_word_emb_proj", "del_layers")
 """LRC config fields a ``--init_from`` source must share with the new run (they fix the tensors' meaning)."""
@@ -236,7 +274,7 @@ def init_from_checkpoint(path: str | os.PathLike, projections: LRCProjections, l
 
     Returns a one-line description of what was loaded. Raises CheckpointError naming any difference.
     """
-    from .projections import DELTAS
+    from lrc.projections import DELTAS
 
     ck = load_lrc_checkpoint(path)
     what = f"--init_from {str(path)!r}"

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import LRCError
+from lrc.errors import LRCError
 
 AUX_LOSS_TYPES = ("mseloss", "mseloss_v2", "l1loss", "l1loss_v2", "nmse")
 KL_REDUCTIONS = ("sequence_sum", "token_mean")
@@ -27,6 +27,15 @@ PROJ_INITS = ("random", "activation")
 ATTN_Q, ATTN_K, ATTN_V = "attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss"
 ATTN_IN, ATTN_OUT = "attn-in-sim-loss", "attn-out-sim-loss"
 MLP_GATE, MLP_UP, MLP_IN, MLP_OUT = "mlp-gate-loss", "mlp-up-loss", "mlp-in-loss", "mlp-out-loss"
+
+
+FLAG_RENAMES = {"ban_losses": "str_ban_losses"}
+"""``LRCConfig`` fields whose command-line flag is spelled otherwise (the official ``--str_ban_losses``)."""
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of an ``LRCConfig`` field."""
+    return FLAG_RENAMES.get(field_name, field_name)
 
 
 class LRCConfigError(LRCError, ValueError):

@@ -42,7 +42,7 @@ class LRCError(Exception):
 
 class DataError(LRCError, ValueError):
     """Bad training data: the message names the file, the 1-based line where there is one, and what was expected.
-    (``lrc.data``, ``lrc.token_shards`` and ``lrc.prepare`` raise it; ``lrc.data.DataError`` is the same class.)"""
+    (``lrc.data.datasets``, ``lrc.data.token_shards`` and ``lrc.data.prepare`` raise it; ``lrc.data.datasets.DataError`` is the same class.)"""
 
 
 class NonFiniteError(LRCError, ArithmeticError):

@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from .config import LRCConfig, LRCConfigError
-from .errors import LRCError
+from lrc.config import LRCConfig, LRCConfigError
+from lrc.errors import LRCError
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 

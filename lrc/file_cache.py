@@ -42,7 +42,7 @@ def cached_json(kind: str, path: str | os.PathLike, compute: Callable[[], Any], 
 
     An unwritable cache directory only costs the recomputation next time.
     """
-    from .files import write_json_atomic
+    from lrc.files import write_json_atomic
 
     entry = entry_path(kind, file_key(path, *extra))
     try:

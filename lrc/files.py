@@ -8,7 +8,7 @@ Rules:
 - a directory is complete exactly when its manifest verifies (``write_manifest`` last, ``verify_manifest``): every
   listed file present with its size and sha256, and, for a checkpoint, nothing unlisted.
 
-Used by training runs (``lrc.run_dir``), conversion, data preparation and the caches; nothing here knows about runs.
+Used by training runs (``lrc.training.run_dir``), conversion, data preparation and the caches; nothing here knows about runs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirError
+from lrc.errors import RunDirError
 
 MANIFEST_NAME = "lrc_manifest.json"
 """A directory's manifest: every file's size and sha256, written last."""

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .config import LRCConfig
-from .errors import LRCError
-from .mlp_train import delta_name, mlp_delta
-from .projections import LRCProjections
+from lrc.config import LRCConfig
+from lrc.errors import LRCError
+from lrc.mlp_train import delta_name, mlp_delta
+from lrc.projections import LRCProjections
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _IN_SIDE = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v",

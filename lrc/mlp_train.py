@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import MLP_TRAIN_MODES  # noqa: F401  (re-exported: the modes live with the config)
+from lrc.config import MLP_TRAIN_MODES  # noqa: F401  (re-exported: the modes live with the config)
 
 MLP_KINDS = ("gate", "up", "down")
 _TEACHER_MLP = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight"}
@@ -130,7 +130,7 @@ def _check_same_on_every_rank(bases: Mapping[tuple[int, str], Tensor]) -> None:
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     if len(set(everyone)) > 1:
-        from .errors import LRCError
+        from lrc.errors import LRCError
 
         raise LRCError(f"mlp_train='core': the ranks computed different CORE bases from the same teacher "
                        f"(fingerprints by rank: {everyone}); the processes' linear-algebra libraries or devices differ")

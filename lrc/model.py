@@ -30,16 +30,16 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from . import config as C
-from .config import LRCConfig
-from .families import check_family, is_tied, student_config
-from .generate import generate_student_weights
-from .generation_window import GenerationWindow
-from .losses import clone_distance, fused_logit_losses
-from .mlp_train import AuditRow, bases_fingerprint, core_bases, reachability_audit
-from .positions import loss_positions
-from .projections import LRCProjections
-from .sharded_generation import ShardPlan, generate_sharded, generation_flops, plan_shards
+from lrc import config as C
+from lrc.config import LRCConfig
+from lrc.families import check_family, is_tied, student_config
+from lrc.generate import generate_student_weights
+from lrc.generation_window import GenerationWindow
+from lrc.losses import clone_distance, fused_logit_losses
+from lrc.mlp_train import AuditRow, bases_fingerprint, core_bases, reachability_audit
+from lrc.positions import loss_positions
+from lrc.projections import LRCProjections
+from lrc.sharded_generation import ShardPlan, generate_sharded, generation_flops, plan_shards
 
 # Which teacher activation each clone term needs: (module under the decoder layer, "in" | "out").
 _TEACHER_CAPTURE = {

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import LRCConfig
-from .mlp_train import MLP_KINDS, delta_name, delta_shape
+from lrc.config import LRCConfig
+from lrc.mlp_train import MLP_KINDS, delta_name, delta_shape
 
 # Projections stored as (d, d_s): contract the teacher matrix's input axis as W_T @ P.
 IN_SIDE_D_BY_DS = ("q", "k", "v", "qkv", "mlp_in")

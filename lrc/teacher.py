@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
-from .errors import LRCError
-from .families import check_family, config_hash
-from .file_cache import cached_json
+from lrc.errors import LRCError
+from lrc.families import check_family, config_hash
+from lrc.file_cache import cached_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 """Files of a model directory that hold weights (what the weights fingerprint covers)."""
@@ -179,7 +179,7 @@ def weight_files(path: str) -> list[Path]:
 
 def weights_fingerprint(path: str, progress: bool = True) -> str:
     """A hash that changes when any weight file of ``path`` changes (see the module docstring)."""
-    from .files import sha256_file
+    from lrc.files import sha256_file
 
     files = weight_files(path)
     total = sum(f.stat().st_size for f in files)

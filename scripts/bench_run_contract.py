@@ -11,7 +11,7 @@ Llama-3 vocabulary) of about ``--gb`` GB, then times, each in a fresh cache dire
 - the same call again (the cached result: what a restart or a resume pays);
 - sha256 of the file (what a manifest costs per GB of checkpoint, and the teacher fingerprint per
   GB of weights on first use) and ``weights_fingerprint``-style cached lookups;
-- the data's content fingerprint a resume compares (``lrc.resume.dataset_identity``: sampled blocks);
+- the data's content fingerprint a resume compares (``lrc.training.resume.dataset_identity``: sampled blocks);
 - the teacher's non-finite check at load (``lrc.teacher.check_finite_weights``) on 1 GB of fp32 weights and
   the same in bf16.
 
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrc.options import options, run_command
+from lrc.cli.options import options, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ class RunContractBench:
 def main(gb: float = RunContractBench.gb, path: str | None = None, keep: bool = False,
          json_out: str | None = None) -> None:
     """Time every phase (flags: ``RunContractBench``); print, and with ``json_out`` write, the results."""
-    import lrc.data_check as dc
+    import lrc.data.check as dc
     from lrc.file_cache import cached_json
     from lrc.files import sha256_file
 
@@ -99,7 +99,7 @@ def main(gb: float = RunContractBench.gb, path: str | None = None, keep: bool = 
     os.environ["LRC_CACHE_DIR"] = str(tmp / "cache2")
     timed("sha256 through the cache, first use", lambda: cached_json("sha256", data, lambda: sha256_file(data)), res)
     timed("sha256 through the cache, again", lambda: cached_json("sha256", data, lambda: sha256_file(data)), res)
-    from lrc.resume import dataset_identity
+    from lrc.training.record import dataset_identity
 
     timed("dataset content fingerprint (sampled blocks, every start)", lambda: dataset_identity(str(data)), res)
     import torch

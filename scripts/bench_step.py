@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""``lrc bench``: the step-speed benchmark (``lrc.bench_step``; same flags). Kept so that recorded commands work."""
+"""``lrc bench``: the step-speed benchmark (``lrc.training.bench``; same flags). Kept so that recorded commands work."""
 
-from lrc.bench_step import main
+from lrc.training.bench import main
 
 if __name__ == "__main__":
     main()

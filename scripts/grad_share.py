@@ -25,8 +25,7 @@ import os
 import sys
 from typing import Any
 
-from lrc.options import options, run_command
-
+from lrc.cli.options import options, run_command
 
 
 def _flat_grad(params) -> "torch.Tensor":
@@ -134,14 +133,14 @@ class GradShareOptions:
 def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_size: int = 4, seq_len: int = 256,
          seed: int = 0, json_out: str = "", threads: int = 0, **lrc_flags: Any) -> dict:
     """The report (printed, and written to ``json_out``); the arguments are ``GradShareOptions``' fields and
-    ``lrc_flags`` are ``lrc train``'s LRC method flags (``lrc.train_config.MethodFlags``)."""
+    ``lrc_flags`` are ``lrc train``'s LRC method flags (``lrc.training.flags.MethodFlags``)."""
     import torch
 
     from lrc.checkpoint import load_into_projections, load_lrc_checkpoint
-    from lrc.train_config import parse_method_flags
-    from lrc.data import build_dataset, collate_batch
+    from lrc.data.datasets import build_dataset, collate_batch
     from lrc.model import LRCModel
     from lrc.teacher import load_teacher, load_tokenizer
+    from lrc.training.parse import parse_method_flags
 
     if threads:
         torch.set_num_threads(threads)
@@ -186,7 +185,7 @@ def main(teacher: str, data: str, checkpoint: str = "", batches: int = 1, batch_
 
 
 if __name__ == "__main__":
-    from lrc.train_config import MethodFlags
+    from lrc.training.flags import MethodFlags
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(run_command((GradShareOptions, MethodFlags), None, main, prog="python scripts/grad_share.py",

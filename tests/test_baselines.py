@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tiny import VOCAB, save_teacher, tiny_teacher
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 import hf_trainer
@@ -19,9 +20,8 @@ from lrc.baselines import ATTN_TERM, HIDDEN_TERM, BaselineConfig, BaselineModel
 from lrc.config import LRCConfig
 from lrc.families import student_config
 from lrc.model import LRCModel
-from lrc.run_dir import newest_complete_checkpoint
-from lrc.trainer import BaselineTrainer
-from tiny import VOCAB, save_teacher, tiny_teacher
+from lrc.training.run_dir import newest_complete_checkpoint
+from lrc.training.trainer import BaselineTrainer
 
 METHODS = ("origin", "only_kd", "prune_kd", "tiny_bert")
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny import FAMILIES, randomize_projections, save_teacher, tiny_teacher
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lrc.after.convert import ConversionError, convert_checkpoint
 from lrc.checkpoint import TeacherRef, save_lrc_checkpoint
 from lrc.config import LRCConfig
-from lrc.convert import ConversionError, convert_checkpoint
 from lrc.model import LRCModel
 from lrc.projections import official_names
 from lrc.teacher import teacher_fingerprint
-from tiny import FAMILIES, randomize_projections, save_teacher, tiny_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import randomize_projections, tiny_teacher
 
 from lrc.config import LRCConfig, LRCConfigError
 from lrc.families import UnsupportedTeacherError, student_config
 from lrc.losses import fused_logit_losses
 from lrc.model import LRCModel
-from tiny import randomize_projections, tiny_teacher
 
 # ============================================================================ reference model
 # Written from LRC_SPEC §2-3 with explicit matmuls; it does not call the library's model or losses.

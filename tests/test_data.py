@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lrc.data import (DataError, PackedJsonlDataset, TextDataset, build_dataset, collate_batch, iter_documents)
+from lrc.data.datasets import DataError, PackedJsonlDataset, TextDataset, build_dataset, collate_batch, iter_documents
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -161,7 +161,7 @@ def test_packed_line_changed_after_the_check_is_still_refused(tmp_path):
 
 
 def test_packed_check_is_parallel_for_big_files_and_cached(tmp_path, monkeypatch):
-    import lrc.data_check as dc
+    import lrc.data.check as dc
 
     rows = [{"input_ids": list(range(2, 4 + i % 30))} for i in range(3000)]
     rows[2500] = {"input_ids": [1, V]}

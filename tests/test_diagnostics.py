@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import VOCAB, tiny_teacher
+from trainer_helpers import make_assets, train, train_logs
 
 from lrc.config import LRCConfig
 from lrc.diagnostics import condition_numbers, effective_rank, hidden_state_ranks, projection_condition_summary
 from lrc.model import LRCModel
-from tiny import VOCAB, tiny_teacher
-from trainer_helpers import make_assets, train, train_logs
 
 
 def _erank_numpy(h: np.ndarray) -> float:  # Roy & Vetterli (2007), written independently

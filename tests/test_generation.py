@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny import VOCAB, tiny_teacher
+from trainer_helpers import free_port
 
 from lrc.config import LRCConfig
 from lrc.generation_window import StaleWindowError
 from lrc.model import LRCModel
 from lrc.sharded_generation import generation_flops, plan_shards
-from tiny import VOCAB, tiny_teacher
-from trainer_helpers import free_port
 
 
 def _model(mode: str = "lrc", family: str = "qwen2", tied: bool = False, **lrc) -> LRCModel:
@@ -122,7 +122,7 @@ def _worker(rank: int, port: int, results: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from lrc.trainer import setup_sharded_generation
+        from lrc.training.trainer import setup_sharded_generation
 
         out = {}
         for mode in ("lrc", "core"):

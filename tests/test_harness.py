@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from lrc.harness import (ALL_TASKS, PAPER_TASKS, TASKS, HarnessError, markdown_table, resolve_tasks, task_spec)
 from students import converted_student
+
+from lrc.after.harness import ALL_TASKS, PAPER_TASKS, TASKS, HarnessError, markdown_table, resolve_tasks, task_spec
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SH = REPO / "scripts" / "eval.sh"
@@ -104,7 +104,7 @@ def test_task_lists_and_metrics(tmp_path):
 
 
 def test_harness_refuses_an_lrc_checkpoint(tmp_path, capsys):
-    from lrc.harness import main
+    from lrc.after.harness import main
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "lrc_weights.safetensors").write_bytes(b"")

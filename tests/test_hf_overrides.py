@@ -1,4 +1,4 @@
-"""The private ``transformers.Trainer`` methods the trainers override (``lrc.trainer.HF_PRIVATE_OVERRIDES``) still
+"""The private ``transformers.Trainer`` methods the trainers override (``lrc.training.trainer.HF_PRIVATE_OVERRIDES``) still
 exist in the installed release, take the arguments the overrides take, and still do what the overrides rely on. A
 transformers release that changes one fails here, naming it, instead of silently breaking checkpoints or resume."""
 
@@ -9,7 +9,7 @@ import inspect
 import pytest
 from transformers import Trainer
 
-from lrc.trainer import HF_PRIVATE_OVERRIDES, BaselineTrainer, DistillTrainer, LRCTrainer
+from lrc.training.trainer import HF_PRIVATE_OVERRIDES, BaselineTrainer, DistillTrainer, LRCTrainer
 
 # What each override relies on: (the HF method whose source must contain it, the text), i.e. its call sites and what
 # the method itself does.

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
-
 from students import converted_student
+from transformers import AutoModelForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 LF_DIR = REPO / "configs" / "llama_factory"

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
-
-import hf_trainer
-from lrc.convert_cli import cli as convert_cli
-from lrc.evaluate import cli as eval_cli
-from lrc.run_dir import LOCK_NAME, RUN_RECORD_NAME, finished_step, verify_checkpoint
-from lrc.trainer import LRCTrainer
 from test_run_contract import one_line_error, signal_at
 from tiny import save_teacher, tiny_teacher
 from trainer_helpers import base_flags, cli, make_assets, train, weights
+from transformers import TrainerCallback
+
+import hf_trainer
+from lrc.after.convert_cli import cli as convert_cli
+from lrc.after.evaluate import cli as eval_cli
+from lrc.training.run_dir import LOCK_NAME, RUN_RECORD_NAME, finished_step, verify_checkpoint
+from lrc.training.trainer import LRCTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_two_conversions_into_one_new_path_cannot_both_succeed(run4, tmp_path, c
     """A second conversion that finishes into the same new --save-path while the first works: the first fails in one
     line and leaves the second's output as it is (before: both said they wrote it, one silently replaced the
     other)."""
-    import lrc.convert as conv
+    import lrc.after.convert as conv
 
     save = tmp_path / "student"
     real = conv.check_finite_output
@@ -191,8 +191,8 @@ def test_rotation_never_trades_a_complete_checkpoint_for_an_incomplete_one(asset
 REQUEUE = """
 import os, signal, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-import hf_trainer, lrc.run_dir, lrc.teacher
-from lrc.trainer import LRCTrainer
+import hf_trainer, lrc.training.run_dir, lrc.teacher
+from lrc.training.trainer import LRCTrainer
 
 MOMENT, SIG = os.environ.get("AT", ""), getattr(signal, os.environ.get("SIG", "SIGKILL"))
 hit = lambda: os.kill(os.getpid(), SIG)
@@ -203,13 +203,13 @@ if MOMENT == "startup":  # while the teacher loads (after the run's record is wr
         return real_load(*a, **kw)
     lrc.teacher.load_teacher = load_teacher
 if MOMENT == "final":  # while the final outputs are linked into the root
-    real_link, links = lrc.run_dir.link_or_copy, []
+    real_link, links = lrc.training.run_dir.link_or_copy, []
     def link_or_copy(src, dst):
         if dst.parent == src.parent.parent and not links:
             links.append(1)
             hit()
         return real_link(src, dst)
-    lrc.run_dir.link_or_copy = link_or_copy
+    lrc.training.run_dir.link_or_copy = link_or_copy
 
 class T(LRCTrainer):
     def training_step(self, *a, **kw):
@@ -503,7 +503,7 @@ def test_data_changed_in_place_is_detected_on_resume(assets, tmp_path, capsys):
     ("a: [\n", ["not valid YAML"]),
 ])
 def test_recipe_errors_name_the_file_once(tmp_path, text, needles):
-    from lrc.train_config import FlagError, parse_flags
+    from lrc.training.parse import FlagError, parse_flags
 
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)

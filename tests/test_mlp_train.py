@@ -12,16 +12,21 @@ import json
 
 import pytest
 import torch
+from tiny import randomize_projections, save_teacher, tiny_teacher
+from trainer_helpers import base_flags, cli, make_assets, train, train_logs, weights
 
 from lrc.checkpoint import CheckpointError, TeacherRef, init_from_checkpoint, save_lrc_checkpoint
 from lrc.config import LRCConfig, LRCConfigError
-from lrc.mlp_train import (added_trainable_parameters, bases_fingerprint, core_bases, numerical_rank,
-                           reachable_space_basis)
+from lrc.mlp_train import (
+    added_trainable_parameters,
+    bases_fingerprint,
+    core_bases,
+    numerical_rank,
+    reachable_space_basis,
+)
 from lrc.model import LRCModel
-from lrc.run_dir import RUN_RECORD_NAME
 from lrc.teacher import teacher_fingerprint
-from tiny import randomize_projections, save_teacher, tiny_teacher
-from trainer_helpers import base_flags, cli, make_assets, train, train_logs, weights
+from lrc.training.run_dir import RUN_RECORD_NAME
 
 IDS = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(0))
 MLP = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight"}

@@ -1,4 +1,4 @@
-"""``lrc.options``: the one command-line mechanism (dataclass fields + their docstrings -> flags + --help).
+"""``lrc.cli.options``: the one command-line mechanism (dataclass fields + their docstrings -> flags + --help).
 
 The training command's method flags are made from ``LRCConfig`` itself; these tests hold that single source, and the
 parser's behaviour that the official command lines rely on (both spellings, bare booleans, comma lists kept whole,
@@ -11,10 +11,12 @@ import json
 
 import pytest
 
+from lrc.cli.options import OptionError, OptionParser, dict_to_argv, field_docs, options, run_command
 from lrc.config import LRCConfig
-from lrc.options import OptionError, OptionParser, dict_to_argv, field_docs, options, run_command
-from lrc.train_config import (FLAGS, METHOD_FLAGS, MethodFlags, TrainConfig, help_text, method_flag, parse_argv,
-                               parse_flags)
+from lrc.config import flag_name as method_flag
+from lrc.training.config import FLAGS, METHOD_FLAGS, TrainConfig
+from lrc.training.flags import MethodFlags
+from lrc.training.parse import help_text, parse_argv, parse_flags
 
 
 @options(group="example")
@@ -125,7 +127,7 @@ def test_train_config_round_trips_through_a_recipe_and_a_record(tmp_path):
     import yaml
 
     from lrc.checkpoint import TeacherRef
-    from lrc.resume import run_record
+    from lrc.training.record import run_record
 
     data = tmp_path / "d.txt"
     data.write_text("x\n")
@@ -169,7 +171,7 @@ def test_readme_flag_digest_agrees_with_the_dataclasses():
     dataclasses' (docs/TRAINING.md has the whole generated reference)."""
     from pathlib import Path
 
-    from lrc.train_config import REQUIRED_FLAGS
+    from lrc.training.config import REQUIRED_FLAGS
 
     rows = [line for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
             if line.startswith("| `--")]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from students import converted_student, lrc_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from lrc.convert import ConversionError, convert_checkpoint, export_as_llama
-from students import converted_student, lrc_checkpoint
+from lrc.after.convert import ConversionError, convert_checkpoint, export_as_llama
 
 REPO = Path(__file__).resolve().parents[1]
 

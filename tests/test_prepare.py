@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lrc.data import DataError, PackedJsonlDataset, TokenShardDataset, build_dataset, collate_batch
+from lrc.data.datasets import DataError, PackedJsonlDataset, TokenShardDataset, build_dataset, collate_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -25,7 +25,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 from prepare import cli  # noqa: E402
 
-from lrc.prepare import prepare  # noqa: E402
+from lrc.data.prepare import prepare  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -335,8 +335,9 @@ def test_errors(corpus, smol, tmp_path, capsys):
 
 def test_tokenizer_directory_and_hf_trainer(tmp_path):
     """A tokenizer directory (the tiny teacher's) -> shards -> hf_trainer trains on the directory."""
-    import hf_trainer
     from tiny import VOCAB, save_teacher, tiny_teacher
+
+    import hf_trainer
 
     teacher = save_teacher(tiny_teacher("llama", tied=True, layers=2), tmp_path / "teacher")
     words = [f"w{i}" for i in range(VOCAB - 3)]
@@ -353,7 +354,7 @@ def test_tokenizer_directory_and_hf_trainer(tmp_path):
 
 
 def test_filter_parser():
-    from lrc.prepare import parse_filter
+    from lrc.data.prepare import parse_filter
 
     f = parse_filter("int_score >= 4 and language == 'en us'")
     assert f.conds == [("int_score", ">=", 4), ("language", "==", "en us")]

@@ -7,9 +7,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
-from lrc.train_config import FlagError, parse_flags
 from trainer_helpers import make_assets
+
+from lrc.training.parse import FlagError, parse_flags
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configs" / "recipes"

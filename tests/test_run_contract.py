@@ -20,15 +20,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import VOCAB, save_teacher, tiny_teacher
+from trainer_helpers import argv, base_flags, cli, free_port, make_assets, train, train_logs, weights
 from transformers import TrainerCallback
 
 import hf_trainer
 from lrc.files import MANIFEST_NAME, write_manifest
-from lrc.run_dir import (LOCK_NAME, STAGING_DIR, finished_step, newest_complete_checkpoint, previous_run_files,
-                         verify_checkpoint)
-from lrc.trainer import LRCTrainer
-from tiny import VOCAB, save_teacher, tiny_teacher
-from trainer_helpers import argv, base_flags, cli, free_port, make_assets, train, train_logs, weights
+from lrc.training.run_dir import (
+    LOCK_NAME,
+    STAGING_DIR,
+    finished_step,
+    newest_complete_checkpoint,
+    previous_run_files,
+    verify_checkpoint,
+)
+from lrc.training.trainer import LRCTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +118,7 @@ def test_signal_saves_exits_75_and_resume_is_bitwise(assets, tmp_path, capsys, s
 
 
 def test_second_signal_aborts_at_once(tmp_path):
-    from lrc.preemption import GracefulStop
+    from lrc.training.preemption import GracefulStop
 
     with GracefulStop() as stop:
         os.kill(os.getpid(), signal.SIGINT)
@@ -121,7 +127,7 @@ def test_second_signal_aborts_at_once(tmp_path):
         stop._at -= 10
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    code = (f"import os, signal, sys, time; sys.path.insert(0, {str(REPO)!r}); from lrc.preemption import GracefulStop\n"
+    code = (f"import os, signal, sys, time; sys.path.insert(0, {str(REPO)!r}); from lrc.training.preemption import GracefulStop\n"
             "with GracefulStop() as s:\n    os.kill(os.getpid(), signal.SIGTERM); s._at -= 10\n"
             "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\nprint('survived')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -132,7 +138,7 @@ TWO_PROC = """
 import os, signal, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import hf_trainer
-from lrc.trainer import LRCTrainer
+from lrc.training.trainer import LRCTrainer
 from test_run_contract import SignalAt
 
 class T(LRCTrainer):
@@ -182,7 +188,7 @@ import sys, time
 sys.path.insert(0, {repo!r})
 from transformers import TrainerCallback
 import hf_trainer
-from lrc.trainer import LRCTrainer
+from lrc.training.trainer import LRCTrainer
 
 class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
@@ -366,7 +372,7 @@ def test_teachers_without_a_tokenizer(assets, tmp_path, capsys, caplog):
     # pre-tokenized data train without a tokenizer; conversion then writes the student without one, with a warning
     out = tmp_path / "p"
     train(assets, out, raw_model_name=bare, max_steps=2, save_steps=2)
-    from lrc.convert import convert_checkpoint
+    from lrc.after.convert import convert_checkpoint
 
     convert_checkpoint(str(out), str(tmp_path / "s1"))
     assert "has no tokenizer files" in caplog.text and "the student is written without a tokenizer" in caplog.text

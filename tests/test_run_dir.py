@@ -15,19 +15,30 @@ import pytest
 import torch
 
 from lrc.checkpoint import CheckpointError, TeacherRef
-from lrc.resume import (CHECKED_FLAGS, DataPosition, compare_records, data_position, plan_resume, run_record)
 from lrc.errors import RunDirError
 from lrc.files import MANIFEST_NAME, atomic_write, verify_manifest, write_json_atomic, write_manifest
-from lrc.run_dir import (RUN_RECORD_NAME, WEIGHTS_NAME, RunLock, check_output_dir, finished_step,
-                         newest_complete_checkpoint, publish_checkpoint, unpickler_refusal, verify_checkpoint,
-                         weights_only_loads, write_final_outputs)
+from lrc.training.lock import RunLock
+from lrc.training.record import run_record
+from lrc.training.resume import CHECKED_FLAGS, DataPosition, compare_records, data_position, plan_resume
+from lrc.training.run_dir import (
+    RUN_RECORD_NAME,
+    WEIGHTS_NAME,
+    check_output_dir,
+    finished_step,
+    newest_complete_checkpoint,
+    publish_checkpoint,
+    unpickler_refusal,
+    verify_checkpoint,
+    weights_only_loads,
+    write_final_outputs,
+)
 
 
 def test_file_names_are_transformers_own():
     import transformers.trainer as hf
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    import lrc.run_dir as rd
+    import lrc.training.run_dir as rd
 
     assert (rd.TRAINER_STATE_NAME, rd.OPTIMIZER_NAME, rd.SCHEDULER_NAME) == \
         (hf.TRAINER_STATE_NAME, hf.OPTIMIZER_NAME, hf.SCHEDULER_NAME)
@@ -114,7 +125,7 @@ def test_check_output_dir_reports_unwritable(tmp_path):
 LOCK_HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from lrc.run_dir import RunLock
+from lrc.training.lock import RunLock
 lock = RunLock({out!r}).acquire()
 print("held", flush=True)
 time.sleep(60)
@@ -149,7 +160,7 @@ def _record(**flags) -> dict:
                 data_max_len=32, text_field="text", seed=42, num_epochs=1, max_steps=10, model_cls="distill",
                 save_steps=5, log_steps=1)
     base.update(flags)
-    from lrc.train_config import TrainConfig
+    from lrc.training.config import TrainConfig
 
     bf16 = base.pop("bf16")
     cfg = TrainConfig.from_flags({**base, "raw_model_name": "/t", "output_dir": "/o", "target_hidden_size": 32})

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny import VOCAB, save_teacher, tiny_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,9 +160,8 @@ def test_reproduce_small_end_to_end_resume_and_report(tiny_assets, tmp_path, cap
 def test_grad_share_components_add_up(tiny_assets, tmp_path):
     """Each clone-term pass computes exactly its term: the per-term gradients sum to the clone
     gradient, and CE + KL + clone is the gradient of the full loss."""
-    import torch
-
     import grad_share
+    import torch
 
     out = tmp_path / "gs.json"
     rep = grad_share.main(teacher=tiny_assets["teacher"], data=tiny_assets["train"], batches=2, batch_size=2, seq_len=16,
@@ -178,7 +176,7 @@ def test_grad_share_components_add_up(tiny_assets, tmp_path):
     assert sum(rows["kl"]["sq_norm_fraction_by_kind"].values()) == pytest.approx(1.0)
 
     from lrc.config import LRCConfig
-    from lrc.data import build_dataset, collate_batch
+    from lrc.data.datasets import build_dataset, collate_batch
     from lrc.model import LRCModel
     from lrc.teacher import load_teacher, load_tokenizer
 

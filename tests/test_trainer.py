@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import VOCAB, tiny_teacher
+from trainer_helpers import base_flags, cli, free_port, make_assets, stop_at, train, train_logs, weights
 
 import hf_trainer
 from lrc.checkpoint import WEIGHTS_NAME, load_lrc_checkpoint
-from lrc.run_dir import STAGING_DIR, newest_complete_checkpoint, verify_checkpoint
-from lrc.trainer import LRCTrainer, NonFiniteLossError
-from tiny import VOCAB, tiny_teacher
-from trainer_helpers import base_flags, cli, free_port, make_assets, stop_at, train, train_logs, weights
+from lrc.training.run_dir import STAGING_DIR, newest_complete_checkpoint, verify_checkpoint
+from lrc.training.trainer import LRCTrainer, NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss", "attn-out-sim-loss", "mlp-gate-loss",
@@ -280,7 +280,7 @@ KILL_SCRIPT = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
 import hf_trainer
-from lrc.trainer import LRCTrainer
+from lrc.training.trainer import LRCTrainer
 
 class HangInSave(LRCTrainer):
     # Writes HF's files of checkpoint-{hang} (weights, optimizer, scheduler), then hangs in the RNG save.
@@ -484,8 +484,8 @@ def test_two_processes_match_one(assets, tmp_path, backend, mlp_train):
 # ---------------------------------------------------------------------------------------------- evaluation
 def test_heldout_perplexity_counts_only_real_tokens():
     """ce_sum / heldout_perplexity: the LRC student scored as the HF model it converts to; pads excluded."""
+    from lrc.after.evaluate import ce_sum, heldout_perplexity
     from lrc.config import LRCConfig
-    from lrc.evaluate import ce_sum, heldout_perplexity
     from lrc.model import LRCModel
 
     m = LRCModel(tiny_teacher("llama", tied=True, layers=2), LRCConfig(target_hidden_size=32))

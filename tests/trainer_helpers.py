@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tiny import VOCAB, save_teacher, tiny_teacher
 from transformers import TrainerCallback
 
 import hf_trainer
-from lrc.run_dir import WEIGHTS_NAME
-from lrc.trainer import LRCTrainer
-from tiny import VOCAB, save_teacher, tiny_teacher
+from lrc.training.run_dir import WEIGHTS_NAME
+from lrc.training.trainer import LRCTrainer
 
 
 def make_assets(d: Path) -> dict[str, str]:

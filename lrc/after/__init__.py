@@ -1,0 +1,1 @@
+"""After training: conversion to a standard HF model, held-out evaluation, lm-eval benchmarks."""

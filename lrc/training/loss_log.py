@@ -1,0 +1,90 @@
+"""What a training run logs, and its non-finite guard's record: ``LossMeter`` (window sums of every loss component on
+the device, and the first non-finite micro-step), the console callbacks (per-layer keys left out of the printed
+line) and ``NonFiniteLossError``. ``lrc.training.trainer.DistillTrainer`` reads the meter at logging steps and before saves."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from lrc.errors import NonFiniteError
+from lrc.model import LRCOutput
+
+LAYER_KEY_RE = re.compile(r"^L\d+-")
+"""Per-layer log keys (``L3-mlp-up-loss``)."""
+
+
+class NonFiniteLossError(NonFiniteError, RuntimeError):
+    """The loss (or one of its components) became NaN or infinite; training stopped, nothing was saved."""
+
+
+
+class LossMeter:
+    """Window sums of the loss components, kept on the device (no host sync until ``read``).
+
+    Each ``add`` stacks one micro-step's components into a vector of fixed layout (``keys``), adds it
+    to the window sum, and, the first time any entry is non-finite, records the optimizer step and
+    which entries were bad.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[str] | None = None
+        self.sum: Tensor | None = None
+        self.count = 0  # micro-steps in the window (host int, no sync)
+        self.first_bad_step: Tensor | None = None  # () int64, -1 while everything was finite
+        self.bad_at_first: Tensor | None = None  # (K,) bool: the non-finite entries at that micro-step
+
+    @staticmethod
+    def flatten(out: LRCOutput) -> tuple[list[str], list[Tensor]]:
+        keys = ["loss", "ce", "kl", "clone"]
+        vals = [out.loss.detach(), out.ce, out.kl, out.clone]
+        for name in sorted(out.terms):
+            keys.append(name)
+            vals.append(out.terms[name])
+        for (layer, name) in sorted(out.layer_terms):
+            keys.append(f"L{layer}-{name}")
+            vals.append(out.layer_terms[(layer, name)])
+        return keys, vals
+
+    def add(self, out: LRCOutput, step: int) -> None:
+        keys, vals = self.flatten(out)
+        vec = torch.stack([v.float().reshape(()) for v in vals])  # (K,)
+        if self.keys is None:
+            self.keys = keys
+            self.sum = torch.zeros_like(vec)
+            self.first_bad_step = torch.full((), -1, dtype=torch.long, device=vec.device)
+            self.bad_at_first = torch.zeros(vec.shape, dtype=torch.bool, device=vec.device)
+        elif keys != self.keys:
+            raise RuntimeError(f"the set of logged loss terms changed between steps: {self.keys} -> {keys}")
+        self.sum += vec
+        self.count += 1
+        bad = ~torch.isfinite(vec)
+        first = (self.first_bad_step < 0) & bad.any()
+        self.first_bad_step = torch.where(first, step, self.first_bad_step)
+        self.bad_at_first = torch.where(first, bad, self.bad_at_first)
+
+    def reset_window(self) -> None:
+        if self.sum is not None:
+            self.sum.zero_()
+        self.count = 0
+
+
+# ---------------------------------------------------------------------------------------------- console
+class _CompactLogs:
+    """Console output only: per-layer keys (``L3-mlp-up-loss``) stay out of the printed line; they still
+    reach ``log_history``, wandb and tensorboard."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: v for k, v in (logs or {}).items() if not LAYER_KEY_RE.match(k)}
+        return super().on_log(args, state, control, logs=shown, **kwargs)
+
+
+class CompactProgressCallback(_CompactLogs, ProgressCallback):
+    pass
+
+
+class CompactPrinterCallback(_CompactLogs, PrinterCallback):
+    pass

@@ -1,0 +1,79 @@
+"""How a training checkpoint reaches disk: every rank writes into ``OUT/.staging/checkpoint-N``; the main process adds
+the run's record and the manifest and renames the directory into place; then rotation keeps the newest complete
+checkpoints of the run's live line. A failed write removes the staged copy and is one line (``CheckpointWriteError``:
+torch and safetensors report a full disk as RuntimeError / SafetensorError, not OSError). ``DistillTrainer``'s
+``_save_checkpoint`` (an HF override) drives these steps.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lrc.errors import LRCError
+from lrc.files import write_json_atomic
+from lrc.training.record import checkpoint_on_line
+from lrc.training.run_dir import RUN_RECORD_NAME, STAGING_DIR, publish_checkpoint, rotate_checkpoints
+
+
+def begin_staging(run_dir: Path, name: str) -> Path:
+    """``OUT/.staging/NAME``, emptied of what a run killed while saving this step left (main process)."""
+    staging = run_dir / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    if (staging / name).exists():
+        shutil.rmtree(staging / name)
+    return staging / name
+
+
+def publish_staged(staged: Path, final: Path, step: int, record: dict[str, Any] | None) -> None:
+    """Write the run's record into the staged checkpoint, then its manifest, and rename it into place."""
+    if record is not None:
+        write_json_atomic(staged / RUN_RECORD_NAME, record)
+    publish_checkpoint(staged, final, step)
+
+
+def discard_staged(staged: Path) -> None:
+    """Nothing half-written stays behind after a failed save."""
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def after_publish(run_dir: Path, limit: int | None, just_written: Path, record: dict[str, Any] | None) -> None:
+    """Rotation along the run's live line (``lrc.training.run_dir.rotate_checkpoints``), then the staging directory removed
+    when empty."""
+    lineage = (record or {}).get("lineage")
+    rotate_checkpoints(run_dir, limit, just_written=just_written, on_line=lambda p: checkpoint_on_line(p, lineage))
+    try:
+        (run_dir / STAGING_DIR).rmdir()  # only when empty
+    except OSError:
+        pass
+
+
+class CheckpointWriteError(LRCError):
+    """Writing a checkpoint failed (a full disk, a quota, an I/O error); nothing of it was kept."""
+
+
+def write_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a writer's report of a failed write, which torch and safetensors raise as RuntimeError /
+    SafetensorError instead of OSError (torch: ``[enforce fail at inline_container.cc] unexpected pos ...`` or
+    ``PytorchStreamWriter failed writing file``; safetensors: ``I/O error: No space left on device``)."""
+    text = str(e)
+    return any(k in text for k in ("inline_container", "PytorchStreamWriter", "I/O error", "No space left",
+                                   "Disk quota exceeded"))
+
+
+def describe_write_failure(e: BaseException, name: str, directory: Path) -> str:
+    """One line: what failed, the writer's words, the free space left and what to do."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(directory).free
+        space = f"{free / 2**20:,.1f} MiB free on the filesystem of {directory}"
+    except OSError:
+        free, space = None, f"the free space of {directory} is unknown"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    full = free is not None and free < 64 << 20
+    return (f"writing {name} failed ({type(e).__name__}: {first}); {space}"
+            + (": the disk is full. Free space (or point --output_dir elsewhere) and resume with --resume auto"
+               if full else ". Check the filesystem, then resume with --resume auto")
+            + "; nothing of this checkpoint was kept, the earlier checkpoints are intact")

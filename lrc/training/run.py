@@ -1,0 +1,259 @@
+"""Train a student: ``lrc train`` / ``hf_trainer.py``, assembled from a ``TrainConfig`` and a registered method.
+
+    # the out-of-the-box run (SmolLM2-135M teacher, shipped text sample, ~5-9 min on 2 CPU cores)
+    lrc train --demo
+
+    # the official README command works verbatim (plus the accelerate config of your cluster)
+    accelerate launch --config_file configs/accel_ds_zero2_8gpu.yaml hf_trainer.py --log_steps 100 \\
+        --max_grad_norm 1.0 --learning-rate 1e-4 --gradient_accumulation_steps 1 --max_steps 208000 \\
+        --dataset_name ../datasets/mix_general_llama3_tokenized_v5.1/train.jsonl --batch-size 3 \\
+        --data-max-len 2048 --save_steps 20000 --check_data_cls_loss False --target_hidden_size 1536 \\
+        --kl_temperature 40 --warmup-ratio 0.005 --raw-model-name /path/to/Llama-3.2-3B-Instruct \\
+        --extra_tags general_train,8h800,arch,try_sota,all_ffn,all_attn --use_accelerate True \\
+        --output_dir ../ckpts --str_ban_losses no --tie_word_emb_proj 1 --use_all_attn 1 \\
+        --aux_loss_scale_factor 0.2
+
+``lrc train --help`` prints every flag with its doc, its default and the official default where they differ (also
+in docs/TRAINING.md). ``--flag-name`` and ``--flag_name`` are the same flag; a ``--config recipe.yaml`` gives flags
+from a file, and the command line overrides it (``lrc.training.config``). Outputs go exactly to ``--output_dir``:
+``checkpoint-N/`` every ``--save_steps`` and the final outputs at its root (docs/TRAINING.md, What a run guarantees).
+
+The assembly: the flags (``lrc.training.config.TrainConfig``) -> the output directory claimed and the resume planned
+(``lrc.training.start``) -> data, teacher, the method's model, its start and its trainer (``lrc.training.methods``) -> HF
+``Trainer.train`` -> the final outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+from lrc.console import say, warn
+from lrc.training.config import TrainConfig
+
+
+def train(cfg: TrainConfig, trainer_cls=None):
+    """Train the run ``cfg`` describes. Returns the trainer after the final outputs are written, or None when there
+    was nothing to train (a finished run resumed). Raises ``lrc.training.preemption.Preempted`` (exit 75) after a
+    SIGTERM/SIGINT stop. ``trainer_cls``: a subclass of the method's trainer (tests)."""
+    import torch
+
+    from lrc.errors import InterruptedRun
+    from lrc.training.methods import method_named
+    from lrc.training.preemption import GracefulStop, Preempted
+    from lrc.training.run_dir import decided_on_main, weights_only_loads, write_final_outputs
+    from lrc.training.start import RunStart, open_run_dir
+
+    method = method_named(cfg.run.model_cls)
+    _report_env(cfg)
+    args = build_training_args(cfg, torch.cuda.is_available())  # under `accelerate launch`: torch.distributed
+    main = args.process_index == 0
+    out = Path(cfg.run.output_dir).resolve()
+    raw = cfg.run.raw_model_name
+    teacher_path = str(Path(raw).resolve()) if Path(raw).exists() else raw
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(GracefulStop())
+        start = RunStart(out)
+        plan = decided_on_main(lambda: open_run_dir(cfg, args.world_size, args.bf16, teacher_path, stack, start), main)
+        for m in plan.messages():
+            say(m)
+        if plan.finished_at is not None:
+            say(f"{out} holds a run finished at step {plan.finished_at} (--max_steps {cfg.optim.max_steps}): nothing "
+                f"to train; its final outputs are at its root")
+            return None
+        if plan.finalize_from is not None:
+            if main:
+                write_final_outputs(out, plan.finalize_from)
+            say(f"{plan.finalize_from} is at --max_steps {cfg.optim.max_steps}: training had finished; its final "
+                f"outputs are now written to {out}")
+            return None
+        with start.undone_on_failure(main):  # until training begins, a failure leaves --output_dir as it was
+            trainer, stopper = _build(cfg, method, args, plan, teacher_path, trainer_cls, main, start, stop)
+            if stop.requested:
+                raise InterruptedRun(f"stopped by {stop.received} before training began; nothing was saved")
+            start.training = True
+        try:
+            with weights_only_loads():
+                trainer.train(resume_from_checkpoint=plan.checkpoint)
+        except pickle.UnpicklingError as e:
+            raise _refused_pickle(plan.checkpoint, e) from e
+        finally:
+            trainer.close_progress_bars()
+        if stopper.stopped_at is not None:
+            e = Preempted(f"stopped by {stop.received} after step {stopper.stopped_at}; "
+                          f"{out / f'checkpoint-{stopper.stopped_at}'} is written. Resume: the same command with "
+                          f"--resume auto")
+            e.quiet = not main
+            raise e
+        if main:
+            write_final_outputs(out, out / f"checkpoint-{trainer.state.global_step}", trainer.state.save_to_json)
+        trainer.accelerator.wait_for_everyone()
+    say(method.final_message(out))
+    return trainer
+
+
+def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, trainer_cls, main: bool, start, stop):
+    """Data, teacher, the method's model and its start, the trainer; the run's record written. Returns (trainer,
+    its ``StopOnSignal``)."""
+    import torch
+    from transformers import set_seed
+
+    from lrc.checkpoint import CheckpointError, TeacherRef
+    from lrc.data.datasets import build_dataset, cut_note
+    from lrc.teacher import find_tokenizer, load_teacher, load_teacher_config
+    from lrc.training.preemption import StopOnSignal
+
+    r = cfg.run
+    tcfg = load_teacher_config(teacher_path)
+    tokenizer, no_tokenizer = find_tokenizer(r.tokenizer or teacher_path, tcfg.vocab_size)
+
+    def dataset(path: str):
+        return build_dataset(path, r.data_max_len, tcfg.vocab_size, tokenizer, r.text_field, no_tokenizer)
+
+    with args.main_process_first(desc="data check"):  # the first process checks and caches, the others read
+        train_ds = dataset(r.dataset_name)
+        eval_ds = dataset(r.eval_dataset) if r.eval_dataset else None
+        if eval_ds is not None and r.eval_max_sequences:
+            eval_ds = torch.utils.data.Subset(eval_ds, range(min(r.eval_max_sequences, len(eval_ds))))
+    note = cut_note(train_ds, "--dataset_name")
+    if note:
+        warn(note)
+    plan.record["train_sequences"] = len(train_ds)
+
+    t0 = time.time()
+    teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if args.bf16 else torch.float32,
+                           attn_implementation=method.attn_implementation(cfg))
+    say(f"teacher {r.raw_model_name} loaded in {time.time() - t0:.0f}s: "
+        f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params, {tcfg.num_hidden_layers} layers, hidden "
+        f"{tcfg.hidden_size} -> student {cfg.method.target_hidden_size}")
+    set_seed(cfg.optim.seed)  # the projection / student init
+    model = method.build_model(teacher, cfg)
+    if method.starts_from_activations(cfg) and plan.checkpoint is None:
+        t0 = time.time()
+        init = method.initialise(model, dataset(r.calib_data) if r.calib_data else train_ds, cfg)
+        plan.record["proj_init"] = {**init, "calib_data": r.calib_data or r.dataset_name}
+        say(f"activation-aware init: the student starts as the teacher pruned to its {len(init['channels'])} "
+            f"most active residual channels ({init['calib_tokens']:,} calibration tokens, {time.time() - t0:.0f}s); "
+            f"channels recorded in run_config.json")
+    elif plan.checkpoint is not None and plan.stored and "proj_init" in plan.stored:
+        plan.record["proj_init"] = plan.stored["proj_init"]  # the resumed run's start, kept in its record
+    method.warm_start(model, cfg, plan.record, resuming=plan.checkpoint is not None)
+    if main:
+        audit = method.audit(model, cfg)
+        if audit is not None:
+            plan.record["reachability_audit"] = audit
+    stopper = StopOnSignal(stop)
+    trainer = method.trainer(model, args, cfg, tokenizer, no_tokenizer, trainer_cls=trainer_cls,
+                             teacher_ref=TeacherRef(**plan.record["teacher"]), train_dataset=train_ds,
+                             eval_dataset=eval_ds, run_record=plan.record, resume_plan=plan, callbacks=[stopper])
+    if trainer.is_deepspeed_enabled and "world_size" in plan.changed:
+        raise CheckpointError("--allow_changed world_size is not supported under DeepSpeed: its ZeRO optimizer "
+                              "states are partitioned per rank (convert the checkpoint with DeepSpeed's universal "
+                              "checkpoint tools, or resume with the same number of processes)")
+    n_train = sum(p.numel() for p in model.trainable_parameters())
+    say(f"trainable parameters: {n_train:,} | train sequences: {len(train_ds):,} x {r.data_max_len} tokens"
+        + (f" | eval sequences: {len(eval_ds):,}" if eval_ds is not None else ""))
+    say(f"outputs: {start.out} (checkpoint-N/ every {cfg.ckpt.save_steps} steps, final outputs at its root)")
+    if main:
+        start.write_record(plan.record)
+        _check_free_space(start.out, model, trainer.is_deepspeed_enabled)
+    if plan.checkpoint:
+        say(f"resuming from {plan.checkpoint} (step {plan.step})")
+    return trainer, stopper
+
+
+def _refused_pickle(checkpoint: str | None, e: BaseException):
+    from lrc.checkpoint import CheckpointError
+    from lrc.training.run_dir import unpickler_refusal
+
+    return CheckpointError(f"{checkpoint}: a file in it holds more than tensors and plain data, so it was not loaded "
+                           f"(torch's weights-only unpickler: {unpickler_refusal(e)}); nothing in a checkpoint is ever "
+                           f"unpickled with code")
+
+
+# ---------------------------------------------------------------------------------------------- the HF side
+def _report_env(cfg: TrainConfig) -> None:
+    """Where wandb and tensorboard log (environment variables HF's integrations read)."""
+    out = str(Path(cfg.run.output_dir).resolve())
+    reporters = cfg.ckpt.reporters()
+    if "wandb" in reporters:
+        os.environ.setdefault("WANDB_PROJECT", cfg.ckpt.project_name)
+        os.environ.setdefault("WANDB_DIR", out)
+        os.environ.setdefault("WANDB_TAGS", ",".join([Path(cfg.run.dataset_name).name] + cfg.ckpt.tags()))
+        has_key = bool(os.environ.get("WANDB_API_KEY"))
+        netrc = Path.home() / ".netrc"
+        has_key = has_key or (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+        if not has_key and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"
+            say(f"wandb: no credentials (WANDB_API_KEY / ~/.netrc): logging offline under "
+                f"{os.environ['WANDB_DIR']}/wandb (upload later with `wandb sync`)")
+    if "tensorboard" in reporters:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(out) / "tensorboard"))
+        say(f"tensorboard: logging to {os.environ['TENSORBOARD_LOGGING_DIR']}")
+    if not reporters:
+        say("report_to none: metrics go to the console and trainer_state.json (log_history)")
+
+
+def build_training_args(cfg: TrainConfig, cuda: bool):
+    """HF ``TrainingArguments`` of the run (the parallelism checked: ZeRO-3 and FSDP are refused)."""
+    from transformers import TrainingArguments
+
+    from lrc.cli.options import OptionError
+
+    o, c, r = cfg.optim, cfg.ckpt, cfg.run
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # set by `accelerate launch` from its config
+    bf16 = o.use_bf16(cuda, launcher)
+    if launcher not in ("no", "bf16" if bf16 else "no"):
+        raise OptionError(f"--bf16 {o.bf16} contradicts the accelerate config's mixed_precision: {launcher} "
+                          f"(only bf16 or no are supported)")
+    sched_kwargs = {"num_decay_steps": max(1, round(0.1 * o.max_steps))} if o.lr_scheduler == "warmup_stable_decay" \
+        else {}
+    has_eval = bool(r.eval_dataset)
+    args = TrainingArguments(
+        output_dir=r.output_dir,
+        per_device_train_batch_size=o.batch_size, per_device_eval_batch_size=o.batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps,
+        learning_rate=o.learning_rate, lr_scheduler_type=o.lr_scheduler, lr_scheduler_kwargs=sched_kwargs,
+        warmup_steps=o.warmup_steps if o.warmup_steps is not None else o.warmup_ratio if o.warmup_ratio > 0 else 0,
+        max_steps=o.max_steps, num_train_epochs=o.num_epochs,
+        adam_beta1=0.9, adam_beta2=o.adam_beta2, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=o.max_grad_norm,
+        logging_steps=c.log_steps, logging_first_step=True,
+        logging_nan_inf_filter=False,  # it syncs every micro-step and hides NaN; the trainer stops on NaN instead
+        save_strategy="steps", save_steps=c.save_steps, save_total_limit=c.save_total_limit or None,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=(r.eval_steps or c.save_steps) if has_eval else None,
+        prediction_loss_only=True, bf16=bf16, seed=o.seed, report_to=c.reporters() or "none",
+        run_name=f"{'-'.join(c.tags()) or 'lrc'}-ths{cfg.method.target_hidden_size}lr{o.learning_rate}"
+                 f"kl_t{cfg.method.kl_temperature}",
+        dataloader_num_workers=o.num_workers, remove_unused_columns=False, ddp_find_unused_parameters=False,
+        use_cpu=not cuda,  # on CPU this is what makes DDP / DeepSpeed really use several processes
+    )
+    _check_parallelism(args)
+    return args
+
+
+def _check_parallelism(args) -> None:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from lrc.cli.options import OptionError
+
+    if is_deepspeed_zero3_enabled():
+        raise OptionError("DeepSpeed ZeRO-3 is not supported: the student's weights are generated from teacher "
+                          "tensors read outside their modules' forward, which partitioned parameters do not allow; "
+                          "use ZeRO-2 (configs/accel_ds_zero2_8gpu.yaml)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or args.fsdp:
+        raise OptionError("FSDP is not supported (same reason as ZeRO-3: teacher tensors are read outside their "
+                          "modules' forward); use DDP or DeepSpeed ZeRO-2")
+
+
+def _check_free_space(out: Path, model, deepspeed: bool) -> None:
+    """Warn when --output_dir cannot hold two more checkpoints (fp32 weights + AdamW's two moments)."""
+    n = sum(p.numel() for p in model.trainable_parameters())
+    need = 12 * n + (sum(p.numel() * p.element_size() for p in model.teacher.parameters()) if deepspeed else 0)
+    free = shutil.disk_usage(out).free
+    if free < 2 * need:
+        warn(f"--output_dir {out} has {free / 2**30:.1f} GiB free; a checkpoint takes about {need / 2**30:.1f} GiB")
