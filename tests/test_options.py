@@ -187,3 +187,19 @@ def test_readme_flag_digest_agrees_with_the_dataclasses():
             assert name in FLAGS, row
             expected = {"required"} if name in REQUIRED_FLAGS else _spellings(FLAGS[name].default)
             assert written in expected, (name, written, expected)
+
+
+def test_a_run_record_of_the_previous_version_still_reads():
+    """A record written before TrainConfig (2026-12-05: ``model_cls: distill``, ``bf16`` as a bool, ``report_to`` as a
+    list, no ``run_id`` / ``lineage``) gives the configuration it was written with."""
+    from pathlib import Path
+
+    from lrc.training.record import on_line
+
+    record = json.loads((Path(__file__).parent / "data" / "run_record_2026-12-05.json").read_text())
+    assert "run_id" not in record and record["model_cls"] == "distill"
+    cfg = TrainConfig.from_record(record)
+    assert cfg.run.model_cls == "lrc" and cfg.optim.bf16 == "false" and cfg.ckpt.report_to == "tensorboard"
+    assert cfg.method.target_hidden_size == 32 and cfg.optim.max_steps == 2
+    # its checkpoints are on a line that resumed from them (the run without a run_id is the run None)
+    assert on_line(record, 2, [{"run_id": None, "until_step": 2}, {"run_id": "new", "until_step": None}])
