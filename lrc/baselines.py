@@ -6,14 +6,14 @@ counts match LRC's converted student:
 
 - ``origin``: ordinary training, next-token CE only.
 - ``only_kd``: CE + KL(teacher || student) at temperature tau, reduced like LRC's KL
-  (``kl_reduction``), unit weights (LRC_SPEC Part B §7.2).
+  (``kl_reduction``), unit weights (docs/METHOD.md §8).
 - ``prune_kd``: the Minitron-style baseline: the student starts as the width-pruned teacher (the same
   activation-importance channel selection as LRC's ``proj_init="activation"``, lrc.activation_init,
   loaded by ``hf_trainer``) and trains densely with ``only_kd``'s CE + KL. No projections.
 - ``tiny_bert``: ``only_kd`` + sum_i MSE(h_S^(i) M_i^T, h_T^(i)) over the embedding output and the
   input of every layer (learned maps M_i: d_s -> d, N(0, 0.02^2) init), + sum_i MSE(A_S^(i), A_T^(i))
   of the post-softmax attention maps with entries <= 0.01 set to 0 (``attn_loss``; it needs eager
-  attention in both models). All MSEs are element means with unit weights (LRC_SPEC Part B §7.2).
+  attention in both models). All MSEs are element means with unit weights (docs/METHOD.md §8).
 
 The teacher is frozen and registered (so ``.to()`` and DDP place it), but it is never in
 ``trainable_parameters()`` and never in a checkpoint: ``BaselineTrainer`` saves the student as a

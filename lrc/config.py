@@ -1,6 +1,6 @@
 """The LRC method configuration: every knob of Low-Rank Clone in one typed, documented dataclass.
 
-Defaults are the recipe behind the published LRC-1.5B checkpoint (LRC_SPEC Part A §1):
+Defaults are the recipe behind the published LRC-1.5B checkpoint (docs/METHOD.md §4.5):
 ``use_all_attn=True``, ``tie_word_emb_proj=True``, ``use_in_out_mlp=False``, tau = 40, alpha = 0.2,
 MSE clone terms, KL summed over tokens and divided by the number of sequences.
 
@@ -23,7 +23,7 @@ ATTN_OUT_SPACES = ("teacher", "student")
 MLP_TRAIN_MODES = ("lrc", "dense", "core")
 PROJ_INITS = ("random", "activation")
 
-# Clone-term names exactly as the official code logs and bans them (LRC_SPEC §3.1).
+# Clone-term names exactly as the official code logs and bans them (docs/METHOD.md §4.1).
 ATTN_Q, ATTN_K, ATTN_V = "attn-q-sim-loss", "attn-k-sim-loss", "attn-v-sim-loss"
 ATTN_IN, ATTN_OUT = "attn-in-sim-loss", "attn-out-sim-loss"
 MLP_GATE, MLP_UP, MLP_IN, MLP_OUT = "mlp-gate-loss", "mlp-up-loss", "mlp-in-loss", "mlp-out-loss"
@@ -44,7 +44,7 @@ class LRCConfigError(LRCError, ValueError):
 
 @dataclass
 class LRCConfig:
-    """Low-Rank Clone method configuration (see docs/DESIGN.md and LRC_SPEC Part A)."""
+    """Low-Rank Clone method configuration (the method: docs/METHOD.md; the code: docs/DESIGN.md)."""
 
     target_hidden_size: int
     """Student hidden size d_s. Must be smaller than the teacher's hidden size d."""
@@ -81,7 +81,7 @@ class LRCConfig:
     teacher with a few huge activations does not let one term dominate (docs/REPRODUCE_SMALL.md)."""
 
     aux_loss_scale_factor: float = 0.2
-    """alpha: weight of every clone term (plain sum over layers and terms, LRC_SPEC §3.1). README recipe; the
+    """alpha: weight of every clone term (plain sum over layers and terms, docs/METHOD.md §4.2). README recipe; the
     official code's default is 1.0."""
 
     kl_temperature: float = 40.0
@@ -110,7 +110,7 @@ class LRCConfig:
     """epsilon of the student's RMSNorms (written into the converted student's config)."""
 
     init_std: float = 0.02
-    """Standard deviation of the N(0, std^2) initialisation of every projection (LRC_SPEC §1.2)."""
+    """Standard deviation of the N(0, std^2) initialisation of every projection (docs/METHOD.md §6)."""
 
     logits_chunk_tokens: int = 1024
     """Tokens per chunk of the fused head + KL + CE computation. Changes memory, not results."""

@@ -62,7 +62,7 @@ class _MeanSquaredError(torch.autograd.Function):
 
 def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None, *,
                    target_is_scratch: bool = False) -> Tensor:
-    """Distance D(s, t) of one clone term (LRC_SPEC §3.1), as an fp32 scalar.
+    """Distance D(s, t) of one clone term (docs/METHOD.md §4.2), as an fp32 scalar.
 
     Args:
         s, t: student activation and target, same shape (B, S, width).

@@ -1,6 +1,6 @@
 """Train what you deploy: the full-matrix MLP terms of Dense-LRC and CORE-LRC, and the reachability audit.
 
-Plain LRC ties every student MLP matrix to the teacher's (LRC_SPEC Part A §1.2):
+Plain LRC ties every student MLP matrix to the teacher's (docs/METHOD.md §2):
 
 - gate / up: ``W_S = W_T P`` (I x d_s) has its columns in the column space of ``W_T`` (I x d), a
   subspace of R^I of dimension r = rank(W_T) <= d;

@@ -1,6 +1,6 @@
 """The trainable part of LRC: low-rank projections and the student's RMSNorm gains.
 
-Every tensor keeps the official code's storage shape (LRC_SPEC §1.1), so official checkpoints map
+Every tensor keeps the official code's storage shape (docs/METHOD.md §2), so official checkpoints map
 one to one (``OFFICIAL_NAMES``). With d = teacher hidden size and d_s = student hidden size:
 
 ================  ==========  ==========================================================
@@ -94,7 +94,7 @@ class LRCProjections(nn.Module):
 
 
 def official_names(lrc: LRCConfig, kept_layers: list[int]) -> dict[str, str]:
-    """Map our parameter names to the official code's state-dict names (LRC_SPEC §5)."""
+    """Map our parameter names to the official code's state-dict names (docs/METHOD.md §2)."""
     m = {"embed": "model.zoom.weight", "final_norm": "model.target_norm.weight"}
     if not lrc.tie_word_emb_proj:
         m["lm_head"] = "zoom_down.weight"

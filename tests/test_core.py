@@ -17,7 +17,7 @@ from lrc.losses import fused_logit_losses
 from lrc.model import LRCModel
 
 # ============================================================================ reference model
-# Written from LRC_SPEC §2-3 with explicit matmuls; it does not call the library's model or losses.
+# Written from docs/METHOD.md §3-4 with explicit matmuls; it does not call the library's model or losses.
 
 
 def _rms(x, g, eps):

@@ -100,7 +100,26 @@ def test_task_lists_and_metrics(tmp_path):
     summary = {"model": "m", "num_fewshot": 0, "limit": None, "lm_eval_version": "x", "average": 0.5,
                "tasks": {"arc_easy": {"metric": "acc_norm", "value": 0.5, "stderr": 0.01, "paper": None}}}
     md = markdown_table(summary)
-    assert "| arc_easy | acc_norm | 50.00 | 1.00 | – |" in md and "gives no per-task numbers" in md
+    assert "| arc_easy | acc_norm | 50.00 | 1.00 | – |" in md and "no published number for these tasks" in md
+
+
+def test_the_paper_column_is_the_published_table():
+    """The paper's main-table numbers (arXiv 2505.12781) fill the reference column, for the row --paper_model picks."""
+    from lrc.after.harness import HarnessOptions, PAPER_RESULTS, config_from_args
+
+    assert set(PAPER_RESULTS["LRC-4B"]) == set(PAPER_TASKS)
+    assert PAPER_RESULTS["LRC-4B"]["commonsense_qa"] == pytest.approx(0.7928)
+    assert PAPER_RESULTS["Qwen3-4B"]["mmlu"] == pytest.approx(0.6838)
+    avg = sum(PAPER_RESULTS["LRC-4B"].values()) / 9
+    assert avg == pytest.approx(0.7030, abs=5e-5)  # the paper's average
+    summary = {"model": "m", "num_fewshot": 0, "limit": None, "lm_eval_version": "x", "average": 0.5,
+               "paper_model": "LRC-4B",
+               "tasks": {"arc_easy": {"metric": "acc_norm", "value": 0.5, "stderr": 0.01,
+                                      "paper": PAPER_RESULTS["LRC-4B"]["arc_easy"]}}}
+    md = markdown_table(summary)
+    assert "| arc_easy | acc_norm | 50.00 | 1.00 | 78.37 |" in md and "LRC-4B (teacher Qwen2.5-7B, 18B training" in md
+    with pytest.raises(HarnessError, match="--paper_model 'LRC-9B'"):
+        config_from_args(HarnessOptions(model="m", paper_model="LRC-9B"))
 
 
 def test_harness_refuses_an_lrc_checkpoint(tmp_path, capsys):

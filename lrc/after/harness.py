@@ -4,7 +4,7 @@ One implementation of the task lists, the reported metric per task, batch sizes 
 numbers; ``scripts/eval.sh`` is a thin wrapper over this module's CLI::
 
     lrc harness --model runs/demo/student --tasks paper            # the paper's 9 tasks
-    lrc harness --model DIR --tasks all --device cuda               # spec §10's 12 tasks
+    lrc harness --model DIR --tasks all --device cuda               # the official eval.sh's 12 tasks
     lrc harness --model DIR --tasks arc_easy,piqa --fewshot 5 --limit 100
     lrc harness --model DIR --tasks my_task --include_path my_tasks/  # custom local tasks
 
@@ -81,17 +81,25 @@ PAPER_TASKS: tuple[str, ...] = ("sciq", "piqa", "winogrande", "arc_easy", "logiq
 """The paper's 9 zero-shot tasks (official README command)."""
 
 ALL_TASKS: tuple[str, ...] = tuple(TASKS)
-"""Spec §10's 12-task list of the official ``scripts/eval.sh``."""
+"""The 12-task list of the official ``scripts/eval.sh``."""
 
 ALIASES = {"truthfulqa": "truthfulqa_mc2"}
 
-PAPER_RESULTS: dict[str, dict[str, float]] = {}
-"""Published numbers per model name, then per task (fractions in [0, 1]).
-
-Empty on purpose: ``LRC_SPEC.md`` (this project's source for the paper) gives no per-task scores, and
-numbers are never copied from memory. Pass ``--reference FILE.json`` (``{"task": 0.61, ...}``) to put
-any published or earlier results beside yours in ``results.md``.
-"""
+_PAPER_ORDER = ("arc_easy", "arc_challenge", "logiqa", "commonsense_qa", "piqa", "winogrande", "boolq", "sciq", "mmlu")
+_PAPER_TABLE = {  # zero-shot accuracy (%), in _PAPER_ORDER; (teacher, training tokens)
+    "LRC-4B": ("Qwen2.5-7B", "18B", (78.37, 52.47, 34.10, 79.28, 76.82, 67.72, 84.50, 95.00, 64.41)),
+    "LRC-2.7B-B": ("Llama2-7B", "10B", (58.59, 29.61, 29.03, 36.36, 66.97, 62.43, 74.31, 85.50, 31.20)),
+    "Gemma3-4B": ("-", "4T", (82.53, 57.08, 33.03, 69.37, 76.44, 69.38, 83.94, 95.50, 57.58)),
+    "Minitron-4B": ("Nemotron4-15B", "94B", (79.59, 54.35, 30.26, 71.09, 77.64, 65.93, 82.60, 96.60, 56.77)),
+    "Qwen3-4B": ("-", "36T", (80.47, 53.58, 33.64, 75.76, 75.08, 65.27, 84.95, 95.50, 68.38)),
+    "Sheared-Llama-2.7B-B": ("Llama2-7B", "50B", (67.30, 33.58, 28.26, 18.92, 76.17, 65.04, 65.99, 91.10, 26.56)),
+}
+PAPER_RESULTS: dict[str, dict[str, float]] = {m: {t: v / 100 for t, v in zip(_PAPER_ORDER, row[2])}
+                                              for m, row in _PAPER_TABLE.items()}
+"""The paper's published zero-shot scores (arXiv 2505.12781, main table; the harness's metric per task), per model,
+then per task, as fractions in [0, 1]. ``--paper_model`` picks the row shown beside your results (default LRC-4B:
+Qwen2.5-7B teacher, 18B tokens); ``--reference FILE.json`` replaces it with any other numbers."""
+PAPER_MODEL_INFO: dict[str, str] = {m: f"teacher {row[0]}, {row[1]} training tokens" for m, row in _PAPER_TABLE.items()}
 
 @dataclass
 class HarnessConfig:
@@ -113,6 +121,9 @@ class HarnessConfig:
     """lm-eval ``--limit``: documents per task (int) or fraction (<1). For smoke tests only."""
     include_path: str | None = None
     reference: dict[str, float] = field(default_factory=dict)
+    """Numbers to show beside the results (``--reference``); when given they replace the paper's."""
+    paper_model: str | None = "LRC-4B"
+    """The paper's row (``PAPER_RESULTS``) shown beside the results; None: none."""
     heldout: str | None = None
     heldout_max_len: int = 1024
     seed: int = 1234
@@ -290,16 +301,12 @@ def summarize(cfg: HarnessConfig, raw: dict[str, Any], seconds: float) -> dict[s
                        if "," in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
         tasks[name] = {"metric": metric, "value": value, "stderr": stderr, "num_fewshot": cfg.fewshot,
                        "batch_size": spec.batch_size, "metrics": all_metrics,
-                       "paper": cfg.reference.get(name, _paper_number(cfg.model, name))}
+                       "paper": cfg.reference.get(name) if cfg.reference else
+                       PAPER_RESULTS.get(cfg.paper_model, {}).get(name)}
     scored = [t["value"] for t in tasks.values() if t["value"] is not None]
     return {"model": cfg.model, "num_fewshot": cfg.fewshot, "limit": cfg.limit, "seconds": round(seconds, 1),
             "tasks": tasks, "average": sum(scored) / len(scored) if scored else None,
-            "lm_eval_version": _lm_eval_version()}
-
-
-def _paper_number(model: str, task: str) -> float | None:
-    name = Path(model).name
-    return PAPER_RESULTS.get(name, {}).get(task)
+            "lm_eval_version": _lm_eval_version(), "paper_model": None if cfg.reference else cfg.paper_model}
 
 
 def _lm_eval_version() -> str:
@@ -324,8 +331,12 @@ def markdown_table(summary: dict[str, Any], reference_label: str = "paper") -> s
         h = summary["heldout"]
         lines += ["", f"Held-out perplexity on `{h['data']}` ({h['tokens']} tokens, sequences of {h['max_len']}): "
                       f"{h['ppl']:.2f} (CE {h['ce']:.4f})"]
+    paper_model = summary.get("paper_model")
+    if paper_model:
+        lines += ["", f"{reference_label} column: {paper_model} ({PAPER_MODEL_INFO[paper_model]}) as published in arXiv "
+                      f"2505.12781 (zero-shot); --paper_model picks another row, --reference FILE.json any numbers."]
     if not any(t["paper"] is not None for t in summary["tasks"].values()):
-        lines += ["", f"{reference_label} column: LRC_SPEC.md gives no per-task numbers; pass --reference FILE.json."]
+        lines += ["", f"{reference_label} column: no published number for these tasks; pass --reference FILE.json."]
     return "\n".join(lines) + "\n"
 
 
@@ -381,7 +392,10 @@ class HarnessOptions:
     include_path: str | None = None
     """directory of custom lm-eval task YAMLs"""
     reference: str | None = None
-    """a JSON file {"task": score in [0,1]} shown beside the results"""
+    """a JSON file {"task": score in [0,1]} shown beside the results (instead of the paper's)"""
+    paper_model: str = "LRC-4B"
+    """the paper's published row shown beside the results: LRC-4B | LRC-2.7B-B | Gemma3-4B | Minitron-4B | Qwen3-4B |
+    Sheared-Llama-2.7B-B | none"""
     heldout: str | None = None
     """also report held-out perplexity on this text / jsonl file"""
     heldout_max_len: int = 1024
@@ -420,6 +434,8 @@ def config_from_args(args: HarnessOptions) -> HarnessConfig:
         log.warning("tasks outside the LRC table report 'acc' at batch size %d: %s",
                     args.batch_size or TaskSpec.batch_size,
                     ", ".join(n for n in names if n not in TASKS))
+    if args.paper_model not in (*PAPER_RESULTS, "none"):
+        raise HarnessError(f"--paper_model {args.paper_model!r}: expected one of {', '.join(PAPER_RESULTS)} or none")
     limit = args.limit
     if limit is not None and limit >= 1:
         limit = int(limit)
@@ -428,6 +444,7 @@ def config_from_args(args: HarnessOptions) -> HarnessConfig:
     return HarnessConfig(model=args.model, tasks=names, output_dir=out, fewshot=args.fewshot, device=args.device,
                          dtype=args.dtype, batch_size=args.batch_size, limit=limit, include_path=args.include_path,
                          reference=_load_reference(args.reference), heldout=args.heldout,
+                         paper_model=None if args.paper_model == "none" else args.paper_model,
                          heldout_max_len=args.heldout_max_len, seed=args.seed, backend=args.backend)
 
 

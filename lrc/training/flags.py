@@ -303,7 +303,7 @@ class OfficialOnly:
     tie_n: int | None = None
     """dead in the official code (>1 raises 'low perf'): >1 is refused"""
     student_attn_from_scratch: bool | None = dataclasses.field(default=None, metadata=_BARE_TRUE)
-    """not implemented (the official variant never trains its attention, docs/METHOD.md): true is refused"""
+    """not implemented (the official variant never trains its attention: a naming bug freezes it): true is refused"""
     use_additional_align: bool | None = dataclasses.field(default=None, metadata=_BARE_TRUE)
     """not implemented (unconvertible in the official code): true is refused"""
 
