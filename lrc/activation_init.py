@@ -4,8 +4,8 @@ RED (arXiv 2605.29327) initialises LRC-style projections as channel selections c
 statistics; Minitron (NVIDIA) prunes a model's width by the same kind of importance. Here:
 
 1. **Importance** (``channel_importance``): the teacher runs on a few thousand calibration tokens; every
-   RMSNorm of the residual stream (each kept layer's input and post-attention norms, and the final norm)
-   reports its output, and channel i scores the mean over tokens of its squared value, summed over those
+   RMSNorm whose output the layers read (each kept layer's norms before attention and before the MLP, the
+   family's ``reader_norms``, and the final norm) reports its output, and channel i scores the mean over tokens of its squared value, summed over those
    norms. The normed stream is what every downstream matrix reads (gains included), so this scores
    what the network uses rather than raw residual magnitudes; squaring, Minitron's choice among its
    mean / L2 aggregations, keeps the few large-magnitude channels that carry much of the signal.
@@ -32,7 +32,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from lrc.projections import GAINS, IN_SIDE_D_BY_DS, LRCProjections
+from lrc.families import family_of
+from lrc.projections import IN_SIDE_D_BY_DS, LRCProjections
 
 
 @torch.no_grad()
@@ -44,12 +45,13 @@ def channel_importance(teacher, batches: Iterable[tuple[Tensor, Tensor | None]],
     ``batches``: ``(input_ids (B, S), attention_mask (B, S) or None)``; stops at the first whole sequence that
     brings the count of real tokens to ``max_tokens``."""
     d = teacher.config.hidden_size
+    family = family_of(teacher.config)
     total = torch.zeros(d, dtype=torch.float64)
     state = {"mask": None}
-    norms = [teacher.model.norm]
+    norms = [teacher.get_submodule(family.final_norm)]
     for L in kept_layers:
-        layer = teacher.model.layers[L]
-        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        layer = teacher.get_submodule(f"{family.layers}.{L}")
+        norms += [layer.get_submodule(n) for n in family.reader_norms]
 
     def hook(mod, args, out):
         x = out.detach().double()
@@ -71,7 +73,7 @@ def channel_importance(teacher, batches: Iterable[tuple[Tensor, Tensor | None]],
             ids = ids.to(device)
             mask = None if mask is None else mask.to(device)
             state["mask"] = None if mask is None else mask.double()
-            teacher.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            teacher.get_submodule(family.backbone)(input_ids=ids, attention_mask=mask, use_cache=False)
             seen += int(ids.numel() if mask is None else mask.sum())
     finally:
         for h in handles:
@@ -91,12 +93,13 @@ def select_channels(importance: Tensor, d_s: int) -> list[int]:
 def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher) -> None:
     """Set every projection to the channel selection and every gain to the teacher's gain at those channels."""
     d, d_s = proj.d, proj.d_s
+    family = family_of(teacher.config)
     if len(channels) != d_s or len(set(channels)) != d_s or not all(0 <= c < d for c in channels):
         raise ValueError(f"need {d_s} distinct channels in [0, {d}), got {len(channels)}")
     idx = torch.tensor(channels)
     for name, p in proj.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
-        if leaf in GAINS or name == "final_norm":
+        if leaf in proj.gains or name == "final_norm":
             continue
         if p.dim() != 2 or leaf.endswith("_delta"):
             continue
@@ -104,14 +107,15 @@ def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher) 
         sel[idx, torch.arange(d_s)] = 1.0
         p.copy_(sel if leaf in IN_SIDE_D_BY_DS else sel.t())
 
-    def gain(norm) -> Tensor:
-        return norm.weight.detach()[idx.to(norm.weight.device)]
+    def gain(norm) -> Tensor:  # the effective gain (Gemma stores gain - 1)
+        g = norm.weight.detach()[idx.to(norm.weight.device)]
+        return g + family.norm_offset if family.norm_offset else g
 
-    proj.final_norm.copy_(gain(teacher.model.norm))
+    proj.final_norm.copy_(gain(teacher.get_submodule(family.final_norm)))
     for L, layer in proj.layers.items():
-        t = teacher.model.layers[int(L)]
-        layer.input_norm.copy_(gain(t.input_layernorm))
-        layer.post_attention_norm.copy_(gain(t.post_attention_layernorm))
+        t = teacher.get_submodule(f"{family.layers}.{L}")
+        for norm, name in family.gains.items():
+            getattr(layer, name).copy_(gain(t.get_submodule(norm)))
 
 
 def dataset_batches(dataset, batch_size: int = 8) -> Iterable[tuple[Tensor, Tensor | None]]:
@@ -140,14 +144,15 @@ def pruned_teacher_weights(teacher, lrc, channels: list[int], student_param_name
     from lrc.generate import generate_student_weights
 
     tcfg = teacher.config
+    family = family_of(tcfg)
     kept = lrc.kept_layers(tcfg.num_hidden_layers)
     with torch.device("cpu"):
-        proj = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, kept, lrc)
+        proj = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, kept, lrc, gains=tuple(family.gains.values()))
     proj = proj.to(teacher.get_input_embeddings().weight.device)
     apply_channel_selection(proj, channels, teacher)
     teacher_params = {n: p.detach() for n, p in teacher.named_parameters()}
     return generate_student_weights(teacher_params, proj, lrc, kept, student_param_names, is_tied(tcfg),
-                                    dtype=torch.float32)
+                                    dtype=torch.float32, family=family)
 
 
 def prune_student_from_activations(model, dataset, calib_tokens: int) -> dict:

@@ -1,14 +1,28 @@
-"""Teacher families (chosen by ``config.model_type``, never by path) and the student's HF config.
+"""Teacher families: one ``Family`` adapter per layout, chosen by ``config.model_type`` (never by path), and the
+student's HF config.
 
-All supported families share the decoder layout the LRC core relies on:
-``model.embed_tokens``, ``model.layers.L.self_attn.{q,k,v,o}_proj`` (optional biases),
-``model.layers.L.mlp.{gate,up,down}_proj``, ``input_layernorm``, ``post_attention_layernorm``,
-``model.norm``, ``lm_head``; Qwen3 adds ``self_attn.{q,k}_norm`` on head_dim, which the student keeps.
+A ``Family`` declares, once, what the LRC core reads from a model of that family: where the decoder layers, the
+embedding, the final norm and the head are; the attention and MLP linears of a layer; which RMSNorm gains the student
+trains (and how the family stores a gain: Gemma stores ``gain - 1``); which teacher tensors the student keeps as
+they are (Qwen3's and Gemma 3's per-head q/k norms); the residual-stream norms whose outputs the layer's matrices
+read (the activation-aware init scores channels there); the buffers the student needs that no weight gives (Gemma's
+embedding scale sqrt(d_s)); the soft-cap of the final logits (Gemma 2). Weight generation (``lrc.generate``), the
+clone-capture sites (``lrc.model``), Dense/CORE (``lrc.mlp_train``), the activation init and conversion read it.
+
+- ``LLAMA_LIKE`` (llama, mistral, qwen2, qwen3): ``model.embed_tokens``, ``model.layers.L.self_attn.{q,k,v,o}_proj``
+  (optional biases), ``mlp.{gate,up,down}_proj``, ``input_layernorm`` and ``post_attention_layernorm`` (before
+  attention and before the MLP), ``model.norm``, ``lm_head``; Qwen3 adds ``self_attn.{q,k}_norm``.
+- ``GEMMA`` (gemma2, gemma3_text): the same linears, four norms per layer (``input_layernorm`` and
+  ``pre_feedforward_layernorm`` before attention and MLP, ``post_attention_layernorm`` and
+  ``post_feedforward_layernorm`` on their outputs), every RMSNorm computing ``(1 + w) * x / rms(x)``, embeddings
+  scaled by sqrt(hidden_size), GeGLU, ``query_pre_attn_scalar``, attention and final-logit soft-capping (Gemma 2),
+  sliding-window layers, per-head q/k norms (Gemma 3). docs/DESIGN.md ("Gemma") says how each maps onto the student.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -18,21 +32,95 @@ from transformers import PretrainedConfig
 from lrc.config import LRCConfig, LRCConfigError
 from lrc.errors import LRCError
 
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Family:
+    """What the LRC core reads from a decoder-only model of one layout (module docstring)."""
+
+    model_types: tuple[str, ...]
+    """The ``config.model_type`` values of this layout."""
+    gains: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "input_layernorm": "input_norm", "post_attention_layernorm": "post_attention_norm"})
+    """RMSNorm of a decoder layer -> the name of the student's trainable gain for it (``lrc.projections``)."""
+    reader_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    """The norms whose outputs the attention and the MLP read (the activation-aware init scores channels there)."""
+    norm_offset: float = 0.0
+    """A stored RMSNorm weight is ``gain - norm_offset`` (Gemma: 1.0, its norms compute ``(1 + w) * x / rms``)."""
+    teacher_kept: tuple[str, ...] = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
+    """Tensors of a layer the student takes from the teacher unchanged (per-head norms on head_dim), if present."""
+    logit_softcap_attr: str | None = None
+    """Config attribute of the final-logit soft-cap ``cap * tanh(z / cap)`` (Gemma 2), applied by the fused loss."""
+    embed_scaled: bool = False
+    """The embedding output is multiplied by sqrt(hidden_size) (a buffer, ``embed_tokens.embed_scale``)."""
+    backbone: str = "model"
+    """The decoder stack (embedding, layers, final norm) without the head: it returns the final hidden states."""
+    layers: str = "model.layers"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    head: str = "lm_head"
+    attention: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj"})
+    """Linears of the attention block by kind (paths under a decoder layer)."""
+    mlp: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"})
+    """Linears of the MLP by kind."""
+    rotary: str = "model.rotary_emb"
+    """The rotary-embedding module the student shares with the teacher (same head_dim and RoPE parameters)."""
+
+    @property
+    def name(self) -> str:
+        return self.model_types[0]
+
+    def linear(self, kind: str) -> str:
+        """The path of a linear kind (q, k, v, o, gate, up, down) under a decoder layer."""
+        return self.attention.get(kind) or self.mlp[kind]
+
+    def logit_softcap(self, config: PretrainedConfig) -> float | None:
+        """The final-logit soft-cap of a model of this family (None: none)."""
+        cap = getattr(config, self.logit_softcap_attr, None) if self.logit_softcap_attr else None
+        return float(cap) if cap else None
+
+    def student_buffers(self, student_config: PretrainedConfig) -> dict[str, Any]:
+        """Buffers of the student that no generated weight gives, by name (``{}`` for most families)."""
+        import torch
+
+        if self.embed_scaled:
+            return {f"{self.embed}.embed_scale": torch.tensor(student_config.hidden_size ** 0.5)}
+        return {}
+
+
+LLAMA_LIKE = Family(model_types=("llama", "mistral", "qwen2", "qwen3"))
+GEMMA = Family(
+    model_types=("gemma2", "gemma3_text"),
+    gains={"input_layernorm": "input_norm", "post_attention_layernorm": "post_attention_norm",
+           "pre_feedforward_layernorm": "pre_feedforward_norm", "post_feedforward_layernorm": "post_feedforward_norm"},
+    reader_norms=("input_layernorm", "pre_feedforward_layernorm"),
+    norm_offset=1.0, logit_softcap_attr="final_logit_softcapping", embed_scaled=True)
+FAMILIES: tuple[Family, ...] = (LLAMA_LIKE, GEMMA)
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
+"""Every supported ``model_type``."""
+GAIN_NAMES: tuple[str, ...] = tuple(dict.fromkeys(g for f in FAMILIES for g in f.gains.values()))
+"""Every trainable gain name of a layer, over all families."""
 
 
 class UnsupportedTeacherError(LRCError, ValueError):
     """The teacher's model_type is not one LRC supports."""
 
 
+def family_of(config: PretrainedConfig) -> Family:
+    """The ``Family`` of a model config, or UnsupportedTeacherError naming the supported model types."""
+    mt = getattr(config, "model_type", None)
+    for f in FAMILIES:
+        if mt in f.model_types:
+            return f
+    raise UnsupportedTeacherError(
+        f"unsupported teacher model_type {mt!r}; supported families: {', '.join(SUPPORTED_FAMILIES)}")
+
+
 def check_family(config: PretrainedConfig) -> str:
     """Return the teacher family (its model_type) or raise naming the supported ones."""
-    mt = getattr(config, "model_type", None)
-    if mt not in SUPPORTED_FAMILIES:
-        raise UnsupportedTeacherError(
-            f"unsupported teacher model_type {mt!r}; supported families: {', '.join(SUPPORTED_FAMILIES)}"
-        )
-    return mt
+    family_of(config)
+    return config.model_type
 
 
 def teacher_head_dim(config: PretrainedConfig) -> int:

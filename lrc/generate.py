@@ -10,8 +10,9 @@ Rules (teacher layer L feeds student layer j, see LRCConfig.kept_layers):
 - input-side linears (q, k, v, gate, up):   W_S = W_T @ P        (P: d x d_s), bias unchanged
 - output-side linears (o, down):            W_S = C @ W_T        (C: d_s x d), bias_S = C @ b_T
 - embedding / head:                         E_S = E_T @ Z^T      (Z: d_s x d)
-- q_norm / k_norm (Qwen3, on head_dim):     teacher's, unchanged (frozen)
-- RMSNorm gains:                            the student's own trainable gains
+- q_norm / k_norm (Qwen3, Gemma 3, on head_dim): teacher's, unchanged (frozen)
+- RMSNorm gains:                            the student's own trainable gains (stored as the family stores a
+                                            gain: Gemma's ``gain - 1``)
 - MLP weights under ``mlp_train`` dense | core: plus Delta (``lrc.mlp_train.mlp_delta``): the trainable
   ``M`` itself (dense) or its projection onto the complement of the teacher's reachable space (core)
 """
@@ -20,22 +21,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from lrc.config import LRCConfig
 from lrc.errors import LRCError
-from lrc.mlp_train import delta_name, mlp_delta
+from lrc.families import LLAMA_LIKE, Family
+from lrc.mlp_train import MLP_KINDS, delta_name, mlp_delta
 from lrc.projections import LRCProjections
 
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_IN_SIDE = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v",
-            "mlp.gate_proj": "gate", "mlp.up_proj": "up"}
-_MLP_WEIGHTS = {"mlp.gate_proj.weight": "gate", "mlp.up_proj.weight": "up", "mlp.down_proj.weight": "down"}
-_OUT_SIDE = {"self_attn.o_proj": "o", "mlp.down_proj": "down"}
-_TEACHER_KEPT = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
-_GAINS = {"input_layernorm.weight": "input_norm", "post_attention_layernorm.weight": "post_attention_norm"}
+
+@lru_cache(maxsize=None)
+def _rules(family: Family) -> tuple:
+    """The family's names for the generation rules: (layer regex, input-side linears, output-side linears, MLP
+    weights, teacher-kept tensors, gains by weight name)."""
+    layer_re = re.compile(rf"^{re.escape(family.layers)}\.(\d+)\.(.+)$")
+    in_side = {family.linear(k): k for k in ("q", "k", "v", "gate", "up")}
+    out_side = {family.linear(k): k for k in ("o", "down")}
+    mlp_weights = {f"{family.linear(k)}.weight": k for k in MLP_KINDS}
+    gains = {f"{norm}.weight": gain for norm, gain in family.gains.items()}
+    return layer_re, in_side, out_side, mlp_weights, family.teacher_kept, gains
 
 
 class GenerationError(LRCError, KeyError):
@@ -62,6 +69,7 @@ def generate_student_weights(
     teacher_tied: bool,
     dtype: torch.dtype | None = None,
     core_bases: Mapping[tuple[int, str], Tensor] | None = None,
+    family: Family = LLAMA_LIKE,
 ) -> dict[str, Tensor]:
     """Build the student's parameters (standard HF names) from the teacher and the projections.
 
@@ -74,6 +82,7 @@ def generate_student_weights(
         teacher_tied: the teacher's head is its embedding.
         dtype: compute dtype (None: the teacher's). Projections and gains are cast to it (autograd-safe).
         core_bases: ``(teacher layer, kind) -> Q`` (I x r) for ``mlp_train="core"`` (``lrc.mlp_train.core_bases``).
+        family: the teacher's ``lrc.families.Family`` (its names, its gains and how it stores them).
 
     Returns:
         name -> tensor; e.g. ``model.layers.j.mlp.down_proj.weight`` of shape (d_s, I).
@@ -89,45 +98,50 @@ def generate_student_weights(
     def p(x: Tensor, like: Tensor) -> Tensor:
         return x.to(like.dtype)
 
+    layer_re, in_side, out_side, mlp_weights, teacher_kept, gains = _rules(family)
+    embed, head, final_norm = f"{family.embed}.weight", f"{family.head}.weight", f"{family.final_norm}.weight"
     # Working dtype: the requested one, else the teacher's (fp32 master projections and gains are
     # cast to it, differentiably, so a bf16 teacher runs a bf16 student without autocast).
-    work = dtype or teacher_params["model.embed_tokens.weight"].dtype
+    work = dtype or teacher_params[embed].dtype
+
+    def gain(g: Tensor) -> Tensor:  # the gain as the family stores it (Gemma: gain - 1)
+        return g.to(work) if not family.norm_offset else (g - family.norm_offset).to(work)
 
     out: dict[str, Tensor] = {}
     for name in student_param_names:
-        if name == "model.embed_tokens.weight":
-            e = t("model.embed_tokens.weight")
+        if name == embed:
+            e = t(embed)
             out[name] = e @ p(proj.embed, e).t()
-        elif name == "lm_head.weight":
-            u = t("model.embed_tokens.weight" if teacher_tied else "lm_head.weight")
+        elif name == head:
+            u = t(embed if teacher_tied else head)
             z = proj.embed if lrc.tie_word_emb_proj else proj.lm_head
             out[name] = u @ p(z, u).t()
-        elif name == "model.norm.weight":
-            out[name] = proj.final_norm.to(work)
+        elif name == final_norm:
+            out[name] = gain(proj.final_norm)
         else:
-            m = _LAYER_RE.match(name)
+            m = layer_re.match(name)
             if m is None:
                 raise GenerationError(f"student parameter {name!r} has no LRC generation rule")
             j, rest = int(m.group(1)), m.group(2)
             L = kept_layers[j]
             layer = proj.layers[str(L)]
-            tname = f"model.layers.{L}.{rest}"
+            tname = f"{family.layers}.{L}.{rest}"
             module, _, leaf = rest.rpartition(".")
-            if rest in _GAINS:
-                out[name] = getattr(layer, _GAINS[rest]).to(work)
-            elif rest in _TEACHER_KEPT or (module in _IN_SIDE and leaf == "bias"):
+            if rest in gains:
+                out[name] = gain(getattr(layer, gains[rest]))
+            elif rest in teacher_kept or (module in in_side and leaf == "bias"):
                 out[name] = t(tname)
-            elif module in _IN_SIDE and leaf == "weight":
+            elif module in in_side and leaf == "weight":
                 w = t(tname)
-                out[name] = w @ p(_input_projection(lrc, layer, _IN_SIDE[module]), w)
-            elif module in _OUT_SIDE and leaf in ("weight", "bias"):
+                out[name] = w @ p(_input_projection(lrc, layer, in_side[module]), w)
+            elif module in out_side and leaf in ("weight", "bias"):
                 w = t(tname)
-                c = p(getattr(layer, _OUT_SIDE[module]), w)
+                c = p(getattr(layer, out_side[module]), w)
                 out[name] = c @ w
             else:
                 raise GenerationError(f"student parameter {name!r} has no LRC generation rule")
-            if lrc.mlp_train != "lrc" and rest in _MLP_WEIGHTS:
-                kind = _MLP_WEIGHTS[rest]
+            if lrc.mlp_train != "lrc" and rest in mlp_weights:
+                kind = mlp_weights[rest]
                 basis = None
                 if lrc.mlp_train == "core":
                     if core_bases is None or (L, kind) not in core_bases:

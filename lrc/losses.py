@@ -114,12 +114,18 @@ def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None, 
 # 64 tokens, so the head matmuls still amortise reading the (V, d) weights.
 _CPU_CHUNK_BYTES = 48 * 2**20
 _CPU_MIN_CHUNK = 64
+# Elsewhere one (chunk, V) fp32 buffer is capped at 512 MiB: with a 256K vocabulary (Gemma) 524 tokens instead of
+# 1024, so the loss's four or five buffers stay near 2.5 GiB whatever the vocabulary (up to 128K, e.g. Llama 3, the
+# cap does not bind at the default 1024 tokens).
+_CHUNK_BYTES = 512 * 2**20
 
 
 def _effective_chunk(chunk: int, n: int, V: int, device: torch.device) -> int:
     c = min(chunk, n)
     if device.type == "cpu":
         c = min(c, max(_CPU_MIN_CHUNK, _CPU_CHUNK_BYTES // (4 * V)))
+    else:
+        c = min(c, max(_CPU_MIN_CHUNK, _CHUNK_BYTES // (4 * V)))
     return max(1, c)
 
 
@@ -134,10 +140,12 @@ class _FusedLogitLosses(torch.autograd.Function):
         dKL/dz_S = (softmax(z_S / tau) - p_T) / tau,   with p_T = softmax(z_T / tau).
     KL is formed from the (small) logit differences and per-row log-sums, not as a difference of
     two log-softmaxes (each ~log V in size): that keeps it accurate when teacher and student are close.
+    With a soft-cap (Gemma 2's final logits) both models' logits are ``cap * tanh(z / cap)`` first, and the
+    gradient is multiplied by ``1 - tanh(z / cap)^2`` (one more (chunk, V) buffer holds the tanh).
     """
 
     @staticmethod
-    def forward(ctx, h_s, u_s, h_t, u_t, targets, kl_mask, w_ce, w_kl, tau, chunk, stats):
+    def forward(ctx, h_s, u_s, h_t, u_t, targets, kl_mask, w_ce, w_kl, tau, chunk, stats, softcap=None):
         n, V = h_s.shape[0], u_s.shape[0]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         do_kl = h_t is not None
@@ -149,6 +157,7 @@ class _FusedLogitLosses(torch.autograd.Function):
         g_buf = torch.empty(c0, V, dtype=f32, device=dev) if need_grad else None  # dLoss/dz_S
         zt_buf = torch.empty(c0, V, dtype=f32, device=dev) if do_kl else None  # z_T / tau shifted, then p_T * diff
         pt_buf = torch.empty(c0, V, dtype=f32, device=dev) if do_kl else None  # p_T
+        cap_buf = torch.empty(c0, V, dtype=f32, device=dev) if softcap else None  # tanh(z_S / cap)
         grad_h = torch.empty_like(h_s) if need_grad else None
         grad_u = torch.empty(u_s.shape, dtype=f32, device=dev) if need_grad else None  # first chunk writes it
         ce_sum = torch.zeros((), dtype=f32, device=dev)
@@ -161,6 +170,9 @@ class _FusedLogitLosses(torch.autograd.Function):
             hs = h_s[a:b]
             zs = zs_buf[:c]
             _mm_into(zs, hs, u_s)  # (c, V) student logits
+            if softcap:
+                tcap = torch.div(zs, softcap, out=cap_buf[:c]).tanh_()
+                torch.mul(tcap, softcap, out=zs)
             tgt = targets[a:b]
             ce_valid = tgt >= 0
             tgt0 = tgt.clamp_min(0).unsqueeze(1)
@@ -179,6 +191,8 @@ class _FusedLogitLosses(torch.autograd.Function):
                 m = kl_mask[a:b].to(f32)
                 zt = zt_buf[:c]
                 _mm_into(zt, ht_scaled[a:b], u_t)  # z_T / tau
+                if softcap:  # cap * tanh(z_T / cap) / tau
+                    zt.mul_(tau / softcap).tanh_().mul_(softcap / tau)
                 zt.sub_(zt.amax(-1, keepdim=True))
                 pt = torch.exp(zt, out=pt_buf[:c])
                 st = pt.sum(-1, keepdim=True)
@@ -199,6 +213,8 @@ class _FusedLogitLosses(torch.autograd.Function):
                     g.addcmul_(pt, k, value=-1.0)
             if need_grad:
                 g = g_buf[:c]
+                if softcap:  # through the cap: d(cap tanh(z / cap))/dz = 1 - tanh^2
+                    g.mul_(cap_buf[:c].square_().neg_().add_(1.0))
                 gd = g if h_s.dtype == f32 else g.to(h_s.dtype)
                 torch.mm(gd, u_s, out=grad_h[a:b])
                 if gd.dtype == f32:
@@ -222,10 +238,10 @@ class _FusedLogitLosses(torch.autograd.Function):
         if grad_out.device.type == "cpu" and grad_out.item() == 1.0:
             # the usual case (the loss is a plain sum): skip two full-size copies; reading the
             # value costs no device sync on CPU
-            return grad_h, grad_u.to(ctx.u_dtype), None, None, None, None, None, None, None, None, None
+            return grad_h, grad_u.to(ctx.u_dtype), None, None, None, None, None, None, None, None, None, None
         gh = grad_h * grad_out.to(grad_h.dtype)
         gu = (grad_u * grad_out).to(ctx.u_dtype)
-        return gh, gu, None, None, None, None, None, None, None, None, None
+        return gh, gu, None, None, None, None, None, None, None, None, None, None
 
 
 def _mm_into(out: Tensor, x: Tensor, w: Tensor) -> None:
@@ -248,6 +264,7 @@ def fused_logit_losses(
     w_kl: float | Tensor = 1.0,
     tau: float = 1.0,
     chunk_tokens: int = 1024,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted CE + KL from final hidden states, chunked over tokens.
 
@@ -261,6 +278,8 @@ def fused_logit_losses(
         w_ce, w_kl: weights applied to the *sums* (e.g. 1/n_ce for a mean CE; 1/B for the
             official sequence-summed KL; 0 to compute a term for logging only).
         tau: KL temperature.
+        softcap: the models' final-logit soft-cap ``cap * tanh(z / cap)`` (Gemma 2), applied to both before CE and
+            KL; None: none.
 
     Returns:
         (loss, ce_sum, kl_sum): loss = w_ce * ce_sum + w_kl * kl_sum (differentiable w.r.t. h_s and
@@ -272,6 +291,6 @@ def fused_logit_losses(
     w_ce = torch.as_tensor(w_ce, dtype=torch.float32, device=h_s.device)
     w_kl = torch.as_tensor(w_kl, dtype=torch.float32, device=h_s.device)
     loss = _FusedLogitLosses.apply(h_s, u_s, h_t, u_t, targets, kl_mask, w_ce, w_kl,
-                                   float(tau), int(chunk_tokens), stats)
+                                   float(tau), int(chunk_tokens), stats, float(softcap) if softcap else None)
     ce_sum, kl_sum = stats[0]
     return loss, ce_sum, kl_sum

@@ -43,9 +43,9 @@ import torch
 from torch import Tensor
 
 from lrc.config import MLP_TRAIN_MODES  # noqa: F401  (re-exported: the modes live with the config)
+from lrc.families import LLAMA_LIKE, Family
 
 MLP_KINDS = ("gate", "up", "down")
-_TEACHER_MLP = {"gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight"}
 RANK_EPS = torch.finfo(torch.float32).eps
 
 
@@ -103,8 +103,10 @@ def reachable_space_basis(w: Tensor, kind: str) -> Tensor:
     return u[:, :r].to(torch.float32).contiguous()
 
 
-def core_bases(teacher_params: Mapping[str, Tensor], kept_layers: list[int]) -> dict[tuple[int, str], Tensor]:
-    """``(teacher layer, kind) -> Q`` for every kept layer's gate, up and down (``reachable_space_basis``).
+def core_bases(teacher_params: Mapping[str, Tensor], kept_layers: list[int],
+               family: Family = LLAMA_LIKE) -> dict[tuple[int, str], Tensor]:
+    """``(teacher layer, kind) -> Q`` for every kept layer's gate, up and down (``reachable_space_basis``; the
+    names are the teacher ``family``'s).
 
     Computed on this process's GPU when there is one (fp64 SVD of 3 x 28 matrices of 8192 x 3072 for
     Llama-3.2-3B: minutes on CPU), returned on the teacher's device. Under several processes every rank
@@ -115,7 +117,7 @@ def core_bases(teacher_params: Mapping[str, Tensor], kept_layers: list[int]) -> 
     bases = {}
     for L in kept_layers:
         for kind in MLP_KINDS:
-            w = teacher_params[f"model.layers.{L}.{_TEACHER_MLP[kind]}"]
+            w = teacher_params[f"{family.layers}.{L}.{family.linear(kind)}.weight"]
             bases[(L, kind)] = reachable_space_basis(w if work is None else w.to(work), kind).to(w.device)
     _check_same_on_every_rank(bases)
     return bases
@@ -195,14 +197,14 @@ class AuditRow:
                 "trainable_params": self.trainable_params, "reachable_fraction": round(self.fraction, 6)}
 
 
-_IN_SIDE_TEACHER = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-                    "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight"}
-_OUT_SIDE_TEACHER = {"o": "self_attn.o_proj.weight", "down": "mlp.down_proj.weight"}
+_IN_SIDE_KINDS = ("q", "k", "v", "gate", "up")
+_OUT_SIDE_KINDS = ("o", "down")
 
 
 def reachability_audit(teacher_params: Mapping[str, Tensor], kept_layers: list[int], d_s: int, mode: str,
                        teacher_tied: bool, tie_word_emb_proj: bool,
-                       ranks: Mapping[tuple[int, str], int] | None = None) -> list[AuditRow]:
+                       ranks: Mapping[tuple[int, str], int] | None = None,
+                       family: Family = LLAMA_LIKE) -> list[AuditRow]:
     """Deployed vs reachable degrees of freedom per matrix kind (ranks by ``numerical_rank``).
 
     Input side (q, k, v, gate, up; ``W_T``: out x d): deployed ``out * d_s``, reachable ``r * d_s``.
@@ -220,23 +222,23 @@ def reachability_audit(teacher_params: Mapping[str, Tensor], kept_layers: list[i
         row.trainable_params += trainable
 
     for L in kept_layers:
-        for kind, leaf in list(_IN_SIDE_TEACHER.items()) + list(_OUT_SIDE_TEACHER.items()):
-            w = teacher_params[f"model.layers.{L}.{leaf}"]
+        for kind in _IN_SIDE_KINDS + _OUT_SIDE_KINDS:
+            w = teacher_params[f"{family.layers}.{L}.{family.linear(kind)}.weight"]
             r = ranks[(L, kind)] if ranks and (L, kind) in ranks else numerical_rank(w)
             out_dim, in_dim = w.shape
-            wide = out_dim if kind in _IN_SIDE_TEACHER else in_dim  # the axis the student keeps
+            wide = out_dim if kind in _IN_SIDE_KINDS else in_dim  # the axis the student keeps
             deployed = wide * d_s
             full_mlp = kind in MLP_KINDS and mode != "lrc"
             reachable = deployed if full_mlp else r * d_s
-            trainable = w.shape[1] * d_s if kind in _IN_SIDE_TEACHER else w.shape[0] * d_s  # the projection
+            trainable = w.shape[1] * d_s if kind in _IN_SIDE_KINDS else w.shape[0] * d_s  # the projection
             if full_mlp:
                 trainable += deployed
             add(kind, deployed, reachable, trainable)
-    e = teacher_params["model.embed_tokens.weight"]
+    e = teacher_params[f"{family.embed}.weight"]
     r = numerical_rank(e)
     add("embed", e.shape[0] * d_s, r * d_s, e.shape[1] * d_s)
-    if "lm_head.weight" in teacher_params and not teacher_tied:
-        u = teacher_params["lm_head.weight"]
+    if f"{family.head}.weight" in teacher_params and not teacher_tied:
+        u = teacher_params[f"{family.head}.weight"]
         ru = numerical_rank(u)
         add("lm_head", u.shape[0] * d_s, ru * d_s, 0 if tie_word_emb_proj else u.shape[1] * d_s)
     elif not tie_word_emb_proj:

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lrc import config as C
 from lrc.config import LRCConfig
-from lrc.families import check_family, is_tied, student_config
+from lrc.families import family_of, is_tied, student_config
 from lrc.generate import generate_student_weights
 from lrc.generation_window import GenerationWindow
 from lrc.losses import clone_distance, fused_logit_losses
@@ -41,23 +41,13 @@ from lrc.positions import loss_positions
 from lrc.projections import LRCProjections
 from lrc.sharded_generation import ShardPlan, generate_sharded, generation_flops, plan_shards
 
-# Which teacher activation each clone term needs: (module under the decoder layer, "in" | "out").
-_TEACHER_CAPTURE = {
-    C.ATTN_Q: ("self_attn.q_proj", "out"),
-    C.ATTN_K: ("self_attn.k_proj", "out"),
-    C.ATTN_V: ("self_attn.v_proj", "out"),
-    C.ATTN_IN: ("self_attn.q_proj", "in"),
-    C.ATTN_OUT: ("self_attn.o_proj", "out"),
-    C.MLP_GATE: ("mlp.gate_proj", "out"),
-    C.MLP_UP: ("mlp.up_proj", "out"),
-    C.MLP_IN: ("mlp.gate_proj", "in"),
-    C.MLP_OUT: ("mlp.down_proj", "out"),
-}
-# Which student module's forward hook computes each term.
-_STUDENT_HOOK = {
-    C.ATTN_Q: "self_attn.q_proj", C.ATTN_K: "self_attn.k_proj", C.ATTN_V: "self_attn.v_proj",
-    C.ATTN_IN: "self_attn.q_proj", C.ATTN_OUT: "self_attn.o_proj", C.MLP_GATE: "mlp.gate_proj",
-    C.MLP_UP: "mlp.up_proj", C.MLP_IN: "mlp.gate_proj", C.MLP_OUT: "mlp.down_proj",
+# Where each clone term is taken: (the linear kind of the decoder layer, "in" | "out": its input or its output). The
+# teacher's target is captured there, and the student's term is computed by a hook on the same module (the module's
+# path comes from the family, ``lrc.families.Family.linear``).
+_CAPTURE = {
+    C.ATTN_Q: ("q", "out"), C.ATTN_K: ("k", "out"), C.ATTN_V: ("v", "out"), C.ATTN_IN: ("q", "in"),
+    C.ATTN_OUT: ("o", "out"), C.MLP_GATE: ("gate", "out"), C.MLP_UP: ("up", "out"), C.MLP_IN: ("gate", "in"),
+    C.MLP_OUT: ("down", "out"),
 }
 
 
@@ -99,7 +89,7 @@ class LRCModel(nn.Module):
     def __init__(self, teacher: PreTrainedModel, lrc: LRCConfig):
         super().__init__()
         tcfg = teacher.config
-        check_family(tcfg)
+        self.family = family_of(tcfg)
         lrc.validate(tcfg)
         self.lrc_config = lrc
         self.teacher = teacher
@@ -109,21 +99,28 @@ class LRCModel(nn.Module):
         self.teacher_tied = is_tied(tcfg)
         device = teacher.get_input_embeddings().weight.device
         self.projections = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, self.kept_layers, lrc,
-                                          intermediate=tcfg.intermediate_size).to(device)
+                                          intermediate=tcfg.intermediate_size,
+                                          gains=tuple(self.family.gains.values())).to(device)
         # CORE-LRC: frozen bases of the teacher's reachable MLP spaces (fp64 SVD, once). Not registered:
         # outside the optimizer, the checkpoints and DDP's buffer broadcast; moved to the teacher's device
         # when used.
         self._core_bases: dict[tuple[int, str], Tensor] | None = None
         self._core_fingerprint: str | None = None
         if lrc.mlp_train == "core":
-            self._core_bases = core_bases(dict(teacher.named_parameters()), self.kept_layers)
+            self._core_bases = core_bases(dict(teacher.named_parameters()), self.kept_layers, self.family)
         self.student_config = student_config(tcfg, lrc)
         self.student_config._attn_implementation = tcfg._attn_implementation
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(self.student_config)
         # Student keeps the teacher's head_dim and RoPE parameters: share the teacher's rotary module
-        # (its buffers are real and follow .to()); every other skeleton tensor is supplied per call.
-        skeleton.model.rotary_emb = teacher.model.rotary_emb
+        # (its buffers are real and follow .to()); the family gives the buffers no weight gives (Gemma's
+        # embedding scale); every other skeleton tensor is supplied per call.
+        parent, _, attr = self.family.rotary.rpartition(".")
+        setattr(skeleton.get_submodule(parent), attr, teacher.get_submodule(self.family.rotary))
+        for name, value in self.family.student_buffers(self.student_config).items():
+            owner, _, buf = name.rpartition(".")
+            setattr(skeleton.get_submodule(owner), buf, value.to(device))
+        self.logit_softcap = self.family.logit_softcap(tcfg)
         meta_buffers = [n for n, b in skeleton.named_buffers() if b.is_meta]
         if meta_buffers:
             raise RuntimeError(f"student skeleton has buffers LRC cannot supply: {meta_buffers}")
@@ -156,7 +153,7 @@ class LRCModel(nn.Module):
         # Read the teacher's tensors at call time: accelerate / DeepSpeed may move or cast them.
         return generate_student_weights(dict(self.teacher.named_parameters()), self.projections, self.lrc_config,
                                         self.kept_layers, self._student_param_names if names is None else names,
-                                        self.teacher_tied, dtype, core_bases=self.core_bases())
+                                        self.teacher_tied, dtype, core_bases=self.core_bases(), family=self.family)
 
     def _generate_for_training(self) -> dict[str, Tensor]:
         """All student weights, with autograd: sharded over the node's ranks when a plan is set."""
@@ -191,11 +188,12 @@ class LRCModel(nn.Module):
         tcfg = self.teacher.config
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             meta_proj = LRCProjections(tcfg.hidden_size, self.lrc_config.target_hidden_size, self.kept_layers,
-                                       self.lrc_config, intermediate=tcfg.intermediate_size)
+                                       self.lrc_config, intermediate=tcfg.intermediate_size,
+                                       gains=self.projections.gains)
         bases = None if self._core_bases is None else {k: torch.empty_like(v, device="meta")
                                                        for k, v in self._core_bases.items()}
         weights = generate_student_weights(meta_teacher, meta_proj, self.lrc_config, self.kept_layers, names,
-                                           self.teacher_tied, core_bases=bases)
+                                           self.teacher_tied, core_bases=bases, family=self.family)
         shapes = {n: tuple(w.shape) for n, w in weights.items() if w.dim() == 2 and w.requires_grad}
         if len(shapes) < size or size < 2:
             self.shard_plan = None
@@ -232,7 +230,7 @@ class LRCModel(nn.Module):
         if self._core_bases is not None:  # the MLP ranks are known already
             ranks = {k: int(q.shape[1]) for k, q in self._core_bases.items()}
         return reachability_audit(dict(self.teacher.named_parameters()), self.kept_layers, lrc.target_hidden_size,
-                                  lrc.mlp_train, self.teacher_tied, lrc.tie_word_emb_proj, ranks)
+                                  lrc.mlp_train, self.teacher_tied, lrc.tie_word_emb_proj, ranks, self.family)
 
     def student_logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Full (B, S, V) logits of the training-time student (for checks and evaluation)."""
@@ -251,7 +249,7 @@ class LRCModel(nn.Module):
         recomputes the same terms (recorded once). Saves the student's intermediate activations;
         the teacher's targets are still held.
         """
-        for layer in self.student.model.layers:
+        for layer in self.student.get_submodule(self.family.layers):
             layer.gradient_checkpointing = True
             layer._gradient_checkpointing_func = partial(self._checkpoint_layer, layer)
         self.gradient_checkpointing = True
@@ -275,13 +273,14 @@ class LRCModel(nn.Module):
     @contextmanager
     def _capture_teacher(self, store: dict):
         handles = []
-        layers = self.teacher.model.layers
+        layers = self.teacher.get_submodule(self.family.layers)
         banned_layers = set(self.lrc_config.ban_layers)
         for L in self.kept_layers:
             if L in banned_layers:
                 continue
             for term in self.lrc_config.active_clone_terms():
-                path, side = _TEACHER_CAPTURE[term]
+                kind, side = _CAPTURE[term]
+                path = self.family.linear(kind)
 
                 def hook(mod, args, out, L=L, term=term, side=side):
                     store[(L, term)] = args[0] if side == "in" else out
@@ -296,7 +295,7 @@ class LRCModel(nn.Module):
     def _student_term(self, L: int, term: str, args, out: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """(student tensor, target tensor) of one clone term for teacher layer L."""
         lrc, proj = self.lrc_config, self.projections.layers[str(L)]
-        tl = self.teacher.model.layers[L]
+        tl = self.teacher.get_submodule(f"{self.family.layers}.{L}")
         if term in (C.ATTN_Q, C.ATTN_K, C.ATTN_V, C.MLP_GATE, C.MLP_UP):
             return out, target
         if term == C.ATTN_IN:  # u_S A^T vs u_T
@@ -304,13 +303,13 @@ class LRCModel(nn.Module):
         if term == C.MLP_IN:  # w_S A_m^T vs w_T
             return args[0] @ proj.mlp_in.to(args[0].dtype).t(), target
         if term == C.ATTN_OUT:
-            o = tl.self_attn.o_proj
+            o = tl.get_submodule(self.family.linear("o"))
             if lrc.attn_out_space == "teacher":  # a_S W_o^T (+ b_o) vs o_T, width d
                 return nn.functional.linear(args[0], o.weight, o.bias), target
             return out, nn.functional.linear(target, proj.o.to(target.dtype))  # o_S vs o_T C_o^T
         if term == C.MLP_OUT:
             if lrc.use_in_out_mlp:  # teacher space: (student FFN inner) W_d^T vs f_T
-                dn = tl.mlp.down_proj
+                dn = tl.get_submodule(self.family.linear("down"))
                 return nn.functional.linear(args[0], dn.weight, dn.bias), target
             return out, nn.functional.linear(target, proj.down.to(target.dtype))  # f_S vs f_T C_d^T
         raise AssertionError(term)
@@ -319,7 +318,7 @@ class LRCModel(nn.Module):
     def _student_losses(self, store: dict, results: dict, mask: Tensor | None):
         lrc = self.lrc_config
         handles = []
-        layers = self.student.model.layers
+        layers = self.student.get_submodule(self.family.layers)
         banned_layers = set(lrc.ban_layers)
         grad_ctx = torch.enable_grad if lrc.use_aux_loss else torch.no_grad
         for j, L in enumerate(self.kept_layers):
@@ -340,7 +339,7 @@ class LRCModel(nn.Module):
                                            target_is_scratch=not self.gradient_checkpointing)
                     results.setdefault((L, term), d)
 
-                handles.append(_get(layers[j], _STUDENT_HOOK[term]).register_forward_hook(hook))
+                handles.append(_get(layers[j], self.family.linear(_CAPTURE[term][0])).register_forward_hook(hook))
         try:
             yield
         finally:
@@ -376,17 +375,19 @@ class LRCModel(nn.Module):
         self._gc_hooks = []
         store: dict = {}
         with torch.no_grad(), self._capture_teacher(store):
-            h_t = self.teacher.model(**fwd_kwargs).last_hidden_state  # (B, S, d)
+            h_t = self.teacher.get_submodule(self.family.backbone)(**fwd_kwargs).last_hidden_state  # (B, S, d)
 
         weights = self.training_weights(window_end)
-        base = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+        prefix = f"{self.family.backbone}."
+        base = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         results: dict = {}
         with self._student_losses(store, results, mask):
-            h_s = functional_call(self.student.model, base, args=(), kwargs=fwd_kwargs).last_hidden_state
+            h_s = functional_call(self.student.get_submodule(self.family.backbone), base, args=(),
+                                  kwargs=fwd_kwargs).last_hidden_state
         if not self.gradient_checkpointing:
             store.clear()
 
-        u_s = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])  # (V, d_s)
+        u_s = weights.get(f"{self.family.head}.weight", weights[f"{self.family.embed}.weight"])  # (V, d_s)
         u_t = self.teacher.get_output_embeddings().weight  # (V, d)
         n_ce, kl_div = pos.n_ce, pos.kl_divisor
         loss, ce_sum, kl_sum = fused_logit_losses(
@@ -395,7 +396,7 @@ class LRCModel(nn.Module):
             kl_mask=valid.reshape(-1),
             w_ce=(1.0 if lrc.use_ntp_loss else 0.0) / n_ce,
             w_kl=(1.0 if lrc.use_logits_loss else 0.0) / kl_div,
-            tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens,
+            tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens, softcap=self.logit_softcap,
         )
         ce = ce_sum / n_ce
         kl = kl_sum / kl_div

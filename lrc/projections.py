@@ -15,7 +15,8 @@ layers.L.o        (d_s, d)    W_{o,S} = o W_o (and b_{o,S} = o b_o if the teache
 layers.L.gate|up  (d_s, d)    W_{g,S} = W_g gate^T (full MLP)
 layers.L.mlp_in   (d, d_s)    W_{g,S} = W_g mlp_in, W_{u,S} = W_u mlp_in (use_in_out_mlp)
 layers.L.down     (d_s, d)    W_{d,S} = down W_d
-layers.L.input_norm, layers.L.post_attention_norm  (d_s,)  student RMSNorm gains
+layers.L.input_norm, layers.L.post_attention_norm  (d_s,)  student RMSNorm gains (Gemma also
+                  pre_feedforward_norm, post_feedforward_norm: lrc.families.Family.gains)
 layers.L.gate_delta|up_delta  (I, d_s)  Delta added to W_{g,S} / W_{u,S} (mlp_train dense|core only)
 layers.L.down_delta  (d_s, I)  Delta added to W_{d,S} (mlp_train dense|core only)
 ================  ==========  ==========================================================
@@ -37,6 +38,7 @@ IN_SIDE_D_BY_DS = ("q", "k", "v", "qkv", "mlp_in")
 # axis as W_T @ P^T; o/down contract the teacher matrix's output axis as P @ W_T (embed/head: E_T @ P^T on the
 # hidden axis).
 GAINS = ("input_norm", "post_attention_norm")
+"""The gains of a Llama-like layer (the default); a family's own are ``lrc.families.Family.gains``."""
 DELTAS = tuple(delta_name(k) for k in MLP_KINDS)
 
 
@@ -50,12 +52,13 @@ def layer_projection_names(lrc: LRCConfig) -> tuple[str, ...]:
 class LayerProjections(nn.Module):
     """Projections and norm gains of one student layer (teacher layer L)."""
 
-    def __init__(self, d: int, d_s: int, lrc: LRCConfig, intermediate: int | None = None):
+    def __init__(self, d: int, d_s: int, lrc: LRCConfig, intermediate: int | None = None,
+                 gains: tuple[str, ...] = GAINS):
         super().__init__()
         for name in layer_projection_names(lrc):
             shape = (d, d_s) if name in IN_SIDE_D_BY_DS else (d_s, d)
             self.register_parameter(name, nn.Parameter(torch.empty(shape)))
-        for name in GAINS:
+        for name in gains:
             self.register_parameter(name, nn.Parameter(torch.empty(d_s)))
         if lrc.mlp_train != "lrc":  # Dense- / CORE-LRC (lrc.mlp_train): registered after, so the RNG
             if intermediate is None:  # draws of the projections above are those of plain LRC
@@ -68,16 +71,20 @@ class LayerProjections(nn.Module):
 class LRCProjections(nn.Module):
     """All trainable LRC tensors. ``reset_parameters`` draws N(0, init_std^2), sets gains to 1 and Deltas to 0.
 
-    ``intermediate`` (the teacher's MLP width I) is needed only when ``lrc.mlp_train`` is dense or core.
+    ``intermediate`` (the teacher's MLP width I) is needed only when ``lrc.mlp_train`` is dense or core; ``gains``:
+    the names of a layer's trainable RMSNorm gains (the teacher family's, ``lrc.families.Family.gains``).
     """
 
-    def __init__(self, d: int, d_s: int, kept_layers: list[int], lrc: LRCConfig, intermediate: int | None = None):
+    def __init__(self, d: int, d_s: int, kept_layers: list[int], lrc: LRCConfig, intermediate: int | None = None,
+                 gains: tuple[str, ...] = GAINS):
         super().__init__()
         self.d, self.d_s = d, d_s
+        self.gains = tuple(gains)
         self.embed = nn.Parameter(torch.empty(d_s, d))
         self.lm_head = None if lrc.tie_word_emb_proj else nn.Parameter(torch.empty(d_s, d))
         self.final_norm = nn.Parameter(torch.empty(d_s))
-        self.layers = nn.ModuleDict({str(i): LayerProjections(d, d_s, lrc, intermediate) for i in kept_layers})
+        self.layers = nn.ModuleDict({str(i): LayerProjections(d, d_s, lrc, intermediate, self.gains)
+                                     for i in kept_layers})
         self.init_std = lrc.init_std
         self.reset_parameters()
 
@@ -85,7 +92,7 @@ class LRCProjections(nn.Module):
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            if leaf in GAINS or name == "final_norm":
+            if leaf in self.gains or name == "final_norm":
                 p.fill_(1.0)
             elif leaf in DELTAS:
                 p.zero_()  # no RNG draw: the projections are plain LRC's, whatever mlp_train

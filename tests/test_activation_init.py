@@ -50,7 +50,8 @@ def hand_pruned(teacher, channels: list[int], eps: float):
 
 
 @pytest.mark.parametrize("family, tied, tie_proj", [("llama", True, True), ("qwen2", False, False),
-                                                     ("qwen3", False, True)])
+                                                     ("qwen3", False, True), ("gemma2", True, True),
+                                                     ("gemma3_text", True, False)])
 def test_activation_init_is_the_width_pruned_teacher(family, tied, tie_proj):
     teacher = tiny_teacher(family, tied=tied, layers=2)
     lrc = LRCConfig(target_hidden_size=24, tie_word_emb_proj=tie_proj, proj_init="activation",

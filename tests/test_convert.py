@@ -220,7 +220,7 @@ def test_cli_bad_input(cli_case, teachers, tmp_path, case):
         d = tmp_path / "gpt2"
         GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=101)).save_pretrained(d)
         r = _cli("--ckpt-path", str(good), "--save-path", str(save), "--raw-model-name", str(d))
-        _assert_one_line_error(r, "unsupported teacher model_type 'gpt2'", "llama, mistral, qwen2, qwen3")
+        _assert_one_line_error(r, "unsupported teacher model_type 'gpt2'", "llama, mistral, qwen2, qwen3, gemma2, gemma3_text")
     else:
         r = _cli("--ckpt-path", str(tmp / "nope"), "--save-path", str(save))
         _assert_one_line_error(r, "does not exist")

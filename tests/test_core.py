@@ -246,8 +246,10 @@ def test_kl_sequence_sum_is_sum_of_token_kls():
 # ============================================================================ fused KL / CE kernel
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_fused_logit_losses_match_autograd(chunk):
+@pytest.mark.parametrize("chunk, softcap", [(1, None), (5, None), (64, None), (1, 2.5), (5, 2.5), (64, 2.5)])
+def test_fused_logit_losses_match_autograd(chunk, softcap):
+    """The chunked, fused CE + KL (and, for Gemma 2, with its final-logit soft-cap) against autograd on the whole
+    logits: chunked equals unchunked."""
     g = torch.Generator().manual_seed(0)
     N, ds, d, V = 13, 8, 12, 37
     h_s = torch.randn(N, ds, generator=g, dtype=torch.float64).requires_grad_()
@@ -259,11 +261,14 @@ def test_fused_logit_losses_match_autograd(chunk):
     kl_mask[[4, 5]] = False
     tau, w_ce, w_kl = 3.0, 0.7, 0.2
     loss, ce_sum, kl_sum = fused_logit_losses(h_s, u_s, targets, h_t=h_t, u_t=u_t, kl_mask=kl_mask, w_ce=w_ce,
-                                              w_kl=w_kl, tau=tau, chunk_tokens=chunk)
+                                              w_kl=w_kl, tau=tau, chunk_tokens=chunk, softcap=softcap)
     loss.backward()
     gh, gu = h_s.grad.clone(), u_s.grad.clone()
     h_s.grad = u_s.grad = None
     zs, zt = h_s @ u_s.t(), h_t @ u_t.t()
+    if softcap:
+        zs, zt = softcap * torch.tanh(zs / softcap), softcap * torch.tanh(zt / softcap)
+        assert zs.abs().max() < softcap  # the cap binds: the test data reaches it
     valid = targets >= 0
     ce_ref = F.cross_entropy(zs[valid], targets[valid], reduction="sum")
     lt, ls = torch.log_softmax(zt / tau, -1), torch.log_softmax(zs / tau, -1)
@@ -429,7 +434,7 @@ def test_unknown_config_field_rejected():
 def test_unsupported_family_is_refused():
     from transformers import GPT2Config
 
-    with pytest.raises(UnsupportedTeacherError, match="supported families: llama, mistral, qwen2, qwen3"):
+    with pytest.raises(UnsupportedTeacherError, match="supported families: llama, mistral, qwen2, qwen3, gemma2, gemma3_text"):
         student_config(GPT2Config(), LRCConfig(target_hidden_size=8))
 
 

@@ -175,6 +175,8 @@ class BenchOptions:
     """--loss_memory: vocabulary size"""
     loss_tokens: int = 3 * 2048
     """--loss_memory: tokens"""
+    loss_softcap: float | None = None
+    """--loss_memory: a final-logit soft-cap (Gemma 2: 30), applied to both models' logits"""
     flops: bool = False
     """also count the FLOPs of each phase (FLOP-model ratio)"""
     phases: bool = False
@@ -534,14 +536,20 @@ def loss_memory(args, device, dtype) -> dict:
     tgt = torch.randint(0, V, (N,), device=device, generator=g)
     out = {}
 
+    cap = args.loss_softcap
+
     def chunked():
-        loss, _, _ = fused_logit_losses(h_s, u_s, tgt, h_t=h_t, u_t=u_t, tau=40.0, chunk_tokens=args.chunk_tokens)
+        loss, _, _ = fused_logit_losses(h_s, u_s, tgt, h_t=h_t, u_t=u_t, tau=40.0, chunk_tokens=args.chunk_tokens,
+                                        softcap=cap)
         loss.backward()
 
+    def capped(z):
+        return z if not cap else cap * torch.tanh(z / cap)
+
     def plain():
-        zs = (h_s @ u_s.t()).float()
+        zs = capped((h_s @ u_s.t()).float())
         with torch.no_grad():
-            lt = torch.log_softmax((h_t @ u_t.t()).float() / 40.0, -1)
+            lt = torch.log_softmax(capped((h_t @ u_t.t()).float()) / 40.0, -1)
         ls = torch.log_softmax(zs / 40.0, -1)
         kl = torch.nn.functional.kl_div(ls, lt, log_target=True, reduction="sum")
         ce = torch.nn.functional.cross_entropy(zs, tgt)
@@ -555,7 +563,7 @@ def loss_memory(args, device, dtype) -> dict:
             fn()
         out[f"{name}_peak_extra_GiB"] = (pm.peak - base) / 2**30
     out["ratio"] = out["chunked_peak_extra_GiB"] / out["unchunked_peak_extra_GiB"]
-    out.update(tokens=N, vocab=V, d_s=ds, d=d, chunk_tokens=args.chunk_tokens)
+    out.update(tokens=N, vocab=V, d_s=ds, d=d, chunk_tokens=args.chunk_tokens, softcap=cap)
     return out
 
 
