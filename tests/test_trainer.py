@@ -143,6 +143,16 @@ def test_demo_report_on_a_tiny_teacher(assets, tmp_path, capsys):
     assert (tmp_path / "demo" / "student" / "model.safetensors").is_file()
     assert "held-out perplexity on heldout.txt" in out and "x the teacher's)" in out
     assert "another domain, train.txt" in out and "what the student inherited beyond its training text" in out
+    assert "training loss (CE + KL + alpha x clone): step 1: " in out
+
+
+def test_demo_report_names_the_loss_terms_the_recipe_adds():
+    from lrc.config import LRCConfig
+    from lrc.training.demo import _loss_terms
+
+    assert _loss_terms(LRCConfig(8)) == "CE + KL + alpha x clone"
+    assert _loss_terms(LRCConfig(8, use_aux_loss=False)) == "CE + KL; the clone terms are logged, not added"
+    assert _loss_terms(LRCConfig(8, use_ntp_loss=False)) == "KL + alpha x clone"
 
 
 def test_demo_trains_and_reports_a_same_size_student_without_lrc(assets, tmp_path, capsys):

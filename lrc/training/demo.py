@@ -27,6 +27,13 @@ def lrc_command() -> str:
     return prefix
 
 
+def _loss_terms(m) -> str:
+    """The terms the LRC loss adds under LRCConfig ``m``, e.g. "CE + KL" (the clone terms are logged either way)."""
+    terms = [name for name, on in (("CE", m.use_ntp_loss), ("KL", m.use_logits_loss),
+                                   ("alpha x clone", m.use_aux_loss)) if on]
+    return " + ".join(terms) + ("" if m.use_aux_loss else "; the clone terms are logged, not added")
+
+
 def _loss_curve(trainer) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h and "learning_rate" in h]
 
@@ -106,7 +113,7 @@ def _report(cfg: TrainConfig, method, trainer, teacher, student, student_dir: Pa
         *([f"recipe: --proj_init {m.proj_init} --use_aux_loss {m.use_aux_loss} --aux_loss_scale_factor "
            f"{m.aux_loss_scale_factor} --learning_rate {o.learning_rate} (flags after --demo override it)"]
           if lrc_run else []),
-        f"training loss ({'CE + KL + alpha x clone' if lrc_run else method.name}): step {curve[0][0]}: "
+        f"training loss ({_loss_terms(m) if lrc_run else method.name}): step {curve[0][0]}: "
         f"{curve[0][1]:.2f} -> step {curve[-1][0]}: {curve[-1][1]:.2f}",
         f"held-out perplexity on {Path(r.eval_dataset).name} ({t_ppl.tokens} predicted tokens):",
         f"  teacher SmolLM2-135M-Instruct  {n_t:6.1f}M params  ppl {t_ppl.ppl:10.1f}",

@@ -10,8 +10,8 @@
         --data-max-len 2048 --save_steps 20000 --check_data_cls_loss False --target_hidden_size 1536 \\
         --kl_temperature 40 --warmup-ratio 0.005 --raw-model-name /path/to/Llama-3.2-3B-Instruct \\
         --extra_tags general_train,8h800,arch,try_sota,all_ffn,all_attn --use_accelerate True \\
-        --output_dir ../ckpts --str_ban_losses no --tie_word_emb_proj 1 --use_all_attn 1 \\
-        --aux_loss_scale_factor 0.2
+        --output_dir ../ckpts/lrc-1.5b --str_ban_losses no --tie_word_emb_proj 1 --use_all_attn 1 \\
+        --aux_loss_scale_factor 0.2 --resume auto
 
 ``lrc train --help`` prints every flag with its doc, its default and the official default where they differ (also
 in docs/TRAINING.md). ``--flag-name`` and ``--flag_name`` are the same flag; a ``--config recipe.yaml`` gives flags
