@@ -27,6 +27,7 @@ import hashlib
 import json
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PretrainedConfig
 
 from lrc.config import LRCConfig, LRCConfigError
@@ -184,7 +185,7 @@ def _config_refusal(cfg: PretrainedConfig) -> str | None:
         return None
     try:
         validate()
-    except Exception as e:  # noqa: BLE001 - transformers raises its own validation error types
+    except (ValueError, StrictDataclassError) as e:  # what transformers' config validators raise
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         return lines[-1] if lines else type(e).__name__
     return None

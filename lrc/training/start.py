@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrc.console import say, warn
 from lrc.errors import RunDirError
-from lrc.files import MANIFEST_NAME, atomic_write, fsync_dir, write_json_atomic
+from lrc.files import MANIFEST_NAME, fsync_dir, write_bytes_atomic, write_json_atomic
 from lrc.training.lock import RunLock
 from lrc.training.run_dir import (
     RUN_RECORD_NAME,
@@ -91,10 +91,6 @@ class RunStart:
             if main and not self.training:
                 self.undo()
             raise
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda p: Path(p).write_bytes(data))
 
 
 def teacher_dir(teacher_path: str) -> Path | None:
