@@ -107,9 +107,8 @@ def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher) 
         sel[idx, torch.arange(d_s)] = 1.0
         p.copy_(sel if leaf in IN_SIDE_D_BY_DS else sel.t())
 
-    def gain(norm) -> Tensor:  # the effective gain (Gemma stores gain - 1)
-        g = norm.weight.detach()[idx.to(norm.weight.device)]
-        return g + family.norm_offset if family.norm_offset else g
+    def gain(norm) -> Tensor:  # the gain the norm applies (Gemma stores gain - 1)
+        return family.gain_from_stored(norm.weight.detach()[idx.to(norm.weight.device)])
 
     proj.final_norm.copy_(gain(teacher.get_submodule(family.final_norm)))
     for L, layer in proj.layers.items():
@@ -147,7 +146,7 @@ def pruned_teacher_weights(teacher, lrc, channels: list[int], student_param_name
     family = family_of(tcfg)
     kept = lrc.kept_layers(tcfg.num_hidden_layers)
     with torch.device("cpu"):
-        proj = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, kept, lrc, gains=tuple(family.gains.values()))
+        proj = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, kept, lrc, gains=family.gain_names)
     proj = proj.to(teacher.get_input_embeddings().weight.device)
     apply_channel_selection(proj, channels, teacher)
     teacher_params = {n: p.detach() for n, p in teacher.named_parameters()}

@@ -38,7 +38,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME as MODEL_WEIGHTS_NAME
 
 from lrc.checkpoint import CheckpointError, check_resume_compatible
 from lrc.config import LRCConfig, LRCConfigError
-from lrc.families import check_family, student_config
+from lrc.families import family_of, student_config
 from lrc.files import save_files_atomically
 from lrc.losses import clone_distance, fused_logit_losses
 from lrc.model import LRCOutput
@@ -94,7 +94,8 @@ class BaselineModel(nn.Module):
     def __init__(self, teacher: PreTrainedModel, cfg: BaselineConfig):
         super().__init__()
         tcfg = teacher.config
-        check_family(tcfg)
+        self.family = family_of(tcfg)
+        self.logit_softcap = self.family.logit_softcap(tcfg)  # Gemma 2: both models' logits are capped
         cfg.lrc.validate(tcfg)
         self.cfg = cfg
         self.lrc_config = cfg.lrc
@@ -146,8 +147,8 @@ class BaselineModel(nn.Module):
         t_out = None
         if cfg.uses_teacher:
             with torch.no_grad():
-                t_out = self.teacher.model(**kw)
-        s_out = self.student.model(**kw)
+                t_out = self.teacher.get_submodule(self.family.backbone)(**kw)
+        s_out = self.student.get_submodule(self.family.backbone)(**kw)
         h_s = s_out.last_hidden_state  # (B, S, d_s)
         u_s = self.student.get_output_embeddings().weight  # (V, d_s)
         loss, ce_sum, kl_sum = fused_logit_losses(
@@ -157,7 +158,7 @@ class BaselineModel(nn.Module):
             kl_mask=pos.valid.reshape(-1),
             w_ce=(1.0 if lrc.use_ntp_loss else 0.0) / pos.n_ce,
             w_kl=1.0 / pos.kl_divisor,
-            tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens,
+            tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens, softcap=self.logit_softcap,
         )
         ce, kl = ce_sum / pos.n_ce, kl_sum / pos.kl_divisor
         results: dict[tuple[int, str], Tensor] = {}

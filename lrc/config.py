@@ -113,7 +113,8 @@ class LRCConfig:
     """Standard deviation of the N(0, std^2) initialisation of every projection (docs/METHOD.md §6)."""
 
     logits_chunk_tokens: int = 1024
-    """Tokens per chunk of the fused head + KL + CE computation. Changes memory, not results."""
+    """Tokens per chunk of the fused head + KL + CE computation, at most (each (chunk, V) fp32 buffer is also capped:
+    48 MiB on CPU, 594 MiB on GPU, lrc.losses). Changes memory, not results."""
 
     mlp_train: Literal["lrc", "dense", "core"] = "lrc"
     """What of each student MLP matrix (gate, up, down) trains (lrc.mlp_train). lrc: only the projections

@@ -59,14 +59,10 @@ def projection_condition_summary(model) -> dict[str, float]:
 @torch.no_grad()
 def hidden_state_ranks(model, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, float]:
     """``erank-{student,teacher}-{mid,final}`` on the real tokens of ``input_ids`` (B, S) (an ``LRCModel``)."""
-    from torch.func import functional_call
-
     mid = (len(model.kept_layers) - 1) // 2  # a student layer before the last; its output: hidden_states[mid + 1]
     kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=True)
-    t = model.teacher.model(**kw)
-    weights = model.student_weights()
-    base = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
-    s = functional_call(model.student.model, base, args=(), kwargs=kw)
+    t = model.teacher.get_submodule(model.family.backbone)(**kw)
+    s = model.student_backbone(model.student_weights(), **kw)
     keep = None if attention_mask is None else attention_mask.reshape(-1).bool()
 
     def rows(h: Tensor) -> Tensor:

@@ -69,8 +69,17 @@ class Family:
     """The rotary-embedding module the student shares with the teacher (same head_dim and RoPE parameters)."""
 
     @property
-    def name(self) -> str:
-        return self.model_types[0]
+    def gain_names(self) -> tuple[str, ...]:
+        """The student's trainable gains of a layer (``lrc.projections.LRCProjections(gains=...)``)."""
+        return tuple(self.gains.values())
+
+    def gain_from_stored(self, w):
+        """The gain an RMSNorm of this family applies, from its stored weight (Gemma: ``1 + w``)."""
+        return w + self.norm_offset if self.norm_offset else w
+
+    def stored_gain(self, g):
+        """The weight this family stores for a gain ``g`` (Gemma: ``g - 1``); inverse of ``gain_from_stored``."""
+        return g - self.norm_offset if self.norm_offset else g
 
     def linear(self, kind: str) -> str:
         """The path of a linear kind (q, k, v, o, gate, up, down) under a decoder layer."""
@@ -81,12 +90,13 @@ class Family:
         cap = getattr(config, self.logit_softcap_attr, None) if self.logit_softcap_attr else None
         return float(cap) if cap else None
 
-    def student_buffers(self, student_config: PretrainedConfig) -> dict[str, Any]:
-        """Buffers of the student that no generated weight gives, by name (``{}`` for most families)."""
+    def student_buffers(self, skeleton) -> dict[str, Any]:
+        """Buffers of the student that no generated weight gives, by name (``{}`` for most families), for its meta
+        ``skeleton``: Gemma's embedding scale, transformers' own value (its embedding's ``scalar_embed_scale``)."""
         import torch
 
         if self.embed_scaled:
-            return {f"{self.embed}.embed_scale": torch.tensor(student_config.hidden_size ** 0.5)}
+            return {f"{self.embed}.embed_scale": torch.tensor(skeleton.get_submodule(self.embed).scalar_embed_scale)}
         return {}
 
 
@@ -100,8 +110,6 @@ GEMMA = Family(
 FAMILIES: tuple[Family, ...] = (LLAMA_LIKE, GEMMA)
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
 """Every supported ``model_type``."""
-GAIN_NAMES: tuple[str, ...] = tuple(dict.fromkeys(g for f in FAMILIES for g in f.gains.values()))
-"""Every trainable gain name of a layer, over all families."""
 
 
 class UnsupportedTeacherError(LRCError, ValueError):
@@ -116,12 +124,6 @@ def family_of(config: PretrainedConfig) -> Family:
             return f
     raise UnsupportedTeacherError(
         f"unsupported teacher model_type {mt!r}; supported families: {', '.join(SUPPORTED_FAMILIES)}")
-
-
-def check_family(config: PretrainedConfig) -> str:
-    """Return the teacher family (its model_type) or raise naming the supported ones."""
-    family_of(config)
-    return config.model_type
 
 
 def teacher_head_dim(config: PretrainedConfig) -> int:
@@ -147,7 +149,7 @@ def student_config(teacher_config: PretrainedConfig, lrc: LRCConfig) -> Pretrain
     RoPE parameters; drops the layers in ``del_layers`` (and their ``layer_types`` entries); uses the
     student's RMSNorm eps; ties embeddings only when the student really is tied.
     """
-    check_family(teacher_config)
+    family_of(teacher_config)
     lrc.validate(teacher_config)
     cfg = copy.deepcopy(teacher_config)
     kept = lrc.kept_layers(teacher_config.num_hidden_layers)

@@ -254,9 +254,10 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     return m
 
 
-def verify_manifest(root: str | os.PathLike, only: Iterable[str] | None = None) -> str | None:
+def verify_manifest(root: str | os.PathLike, only: Iterable[str] | None = None, hashes: bool = True) -> str | None:
     """None if ``root`` is complete per its manifest, else the first reason it is not (one phrase). ``only``: check
-    just these files, which must be listed (what a reader of ``root`` needs, e.g. the weights conversion reads)."""
+    just these files, which must be listed (what a reader of ``root`` needs, e.g. the weights conversion reads).
+    ``hashes=False``: presence and sizes only, no reading (decisions taken at every save, e.g. rotation)."""
     root = Path(root)
     try:
         m = read_manifest(root)
@@ -279,6 +280,8 @@ def verify_manifest(root: str | os.PathLike, only: Iterable[str] | None = None) 
         extra = sorted(set(_tree_files(root)) - set(files))
         if extra:
             return f"{extra[0]} is not in the manifest (written by something else?)"
+    if not hashes:
+        return None
     rels = sorted(files)
     actual = _describe_files(root, rels)
     for rel in rels:

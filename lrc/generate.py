@@ -29,7 +29,7 @@ from torch import Tensor
 from lrc.config import LRCConfig
 from lrc.errors import LRCError
 from lrc.families import LLAMA_LIKE, Family
-from lrc.mlp_train import MLP_KINDS, delta_name, mlp_delta
+from lrc.mlp_train import IN_SIDE_KINDS, MLP_KINDS, OUT_SIDE_KINDS, delta_name, mlp_delta
 from lrc.projections import LRCProjections
 
 
@@ -38,8 +38,8 @@ def _rules(family: Family) -> tuple:
     """The family's names for the generation rules: (layer regex, input-side linears, output-side linears, MLP
     weights, teacher-kept tensors, gains by weight name)."""
     layer_re = re.compile(rf"^{re.escape(family.layers)}\.(\d+)\.(.+)$")
-    in_side = {family.linear(k): k for k in ("q", "k", "v", "gate", "up")}
-    out_side = {family.linear(k): k for k in ("o", "down")}
+    in_side = {family.linear(k): k for k in IN_SIDE_KINDS}
+    out_side = {family.linear(k): k for k in OUT_SIDE_KINDS}
     mlp_weights = {f"{family.linear(k)}.weight": k for k in MLP_KINDS}
     gains = {f"{norm}.weight": gain for norm, gain in family.gains.items()}
     return layer_re, in_side, out_side, mlp_weights, family.teacher_kept, gains
@@ -105,7 +105,7 @@ def generate_student_weights(
     work = dtype or teacher_params[embed].dtype
 
     def gain(g: Tensor) -> Tensor:  # the gain as the family stores it (Gemma: gain - 1)
-        return g.to(work) if not family.norm_offset else (g - family.norm_offset).to(work)
+        return family.stored_gain(g).to(work)
 
     out: dict[str, Tensor] = {}
     for name in student_param_names:

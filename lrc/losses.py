@@ -114,19 +114,16 @@ def clone_distance(s: Tensor, t: Tensor, kind: str, mask: Tensor | None = None, 
 # 64 tokens, so the head matmuls still amortise reading the (V, d) weights.
 _CPU_CHUNK_BYTES = 48 * 2**20
 _CPU_MIN_CHUNK = 64
-# Elsewhere one (chunk, V) fp32 buffer is capped at 512 MiB: with a 256K vocabulary (Gemma) 524 tokens instead of
-# 1024, so the loss's four or five buffers stay near 2.5 GiB whatever the vocabulary (up to 128K, e.g. Llama 3, the
-# cap does not bind at the default 1024 tokens).
-_CHUNK_BYTES = 512 * 2**20
+# Elsewhere one (chunk, V) fp32 buffer is capped at the size of the default 1024 tokens at V = 152,064 (Qwen2.5's
+# vocabulary, the largest of the Llama-like families): 594 MiB. No Llama / Mistral / Qwen teacher is affected at the
+# default; a 256K vocabulary gets 608-token (Gemma 2, V = 256,000) or 594-token (Gemma 3, V = 262,144) chunks
+# instead of 1024, so the loss's four or five buffers stay under 3 GiB. Like the CPU cap it also bounds a larger --logits_chunk_tokens (chunking changes memory, not results).
+_CHUNK_BYTES = 1024 * 152_064 * 4
 
 
 def _effective_chunk(chunk: int, n: int, V: int, device: torch.device) -> int:
-    c = min(chunk, n)
-    if device.type == "cpu":
-        c = min(c, max(_CPU_MIN_CHUNK, _CPU_CHUNK_BYTES // (4 * V)))
-    else:
-        c = min(c, max(_CPU_MIN_CHUNK, _CHUNK_BYTES // (4 * V)))
-    return max(1, c)
+    budget = _CPU_CHUNK_BYTES if device.type == "cpu" else _CHUNK_BYTES
+    return max(1, min(chunk, n, max(_CPU_MIN_CHUNK, budget // (4 * V))))
 
 
 class _FusedLogitLosses(torch.autograd.Function):

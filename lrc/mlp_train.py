@@ -197,8 +197,8 @@ class AuditRow:
                 "trainable_params": self.trainable_params, "reachable_fraction": round(self.fraction, 6)}
 
 
-_IN_SIDE_KINDS = ("q", "k", "v", "gate", "up")
-_OUT_SIDE_KINDS = ("o", "down")
+IN_SIDE_KINDS = ("q", "k", "v", "gate", "up")
+OUT_SIDE_KINDS = ("o", "down")
 
 
 def reachability_audit(teacher_params: Mapping[str, Tensor], kept_layers: list[int], d_s: int, mode: str,
@@ -222,15 +222,15 @@ def reachability_audit(teacher_params: Mapping[str, Tensor], kept_layers: list[i
         row.trainable_params += trainable
 
     for L in kept_layers:
-        for kind in _IN_SIDE_KINDS + _OUT_SIDE_KINDS:
+        for kind in IN_SIDE_KINDS + OUT_SIDE_KINDS:
             w = teacher_params[f"{family.layers}.{L}.{family.linear(kind)}.weight"]
             r = ranks[(L, kind)] if ranks and (L, kind) in ranks else numerical_rank(w)
             out_dim, in_dim = w.shape
-            wide = out_dim if kind in _IN_SIDE_KINDS else in_dim  # the axis the student keeps
+            wide = out_dim if kind in IN_SIDE_KINDS else in_dim  # the axis the student keeps
             deployed = wide * d_s
             full_mlp = kind in MLP_KINDS and mode != "lrc"
             reachable = deployed if full_mlp else r * d_s
-            trainable = w.shape[1] * d_s if kind in _IN_SIDE_KINDS else w.shape[0] * d_s  # the projection
+            trainable = w.shape[1] * d_s if kind in IN_SIDE_KINDS else w.shape[0] * d_s  # the projection
             if full_mlp:
                 trainable += deployed
             add(kind, deployed, reachable, trainable)

@@ -100,7 +100,7 @@ class LRCModel(nn.Module):
         device = teacher.get_input_embeddings().weight.device
         self.projections = LRCProjections(tcfg.hidden_size, lrc.target_hidden_size, self.kept_layers, lrc,
                                           intermediate=tcfg.intermediate_size,
-                                          gains=tuple(self.family.gains.values())).to(device)
+                                          gains=self.family.gain_names).to(device)
         # CORE-LRC: frozen bases of the teacher's reachable MLP spaces (fp64 SVD, once). Not registered:
         # outside the optimizer, the checkpoints and DDP's buffer broadcast; moved to the teacher's device
         # when used.
@@ -117,7 +117,7 @@ class LRCModel(nn.Module):
         # embedding scale); every other skeleton tensor is supplied per call.
         parent, _, attr = self.family.rotary.rpartition(".")
         setattr(skeleton.get_submodule(parent), attr, teacher.get_submodule(self.family.rotary))
-        for name, value in self.family.student_buffers(self.student_config).items():
+        for name, value in self.family.student_buffers(skeleton).items():
             owner, _, buf = name.rpartition(".")
             setattr(skeleton.get_submodule(owner), buf, value.to(device))
         self.logit_softcap = self.family.logit_softcap(tcfg)
@@ -240,6 +240,13 @@ class LRCModel(nn.Module):
         return out.logits
 
     # ------------------------------------------------------------------ gradient checkpointing
+    def student_backbone(self, weights: dict[str, Tensor], **kwargs):
+        """The student's decoder stack without the head (``Family.backbone``), run with the generated ``weights``
+        (standard HF names, ``student_weights``); returns its output (``last_hidden_state``: (B, S, d_s))."""
+        prefix = f"{self.family.backbone}."
+        base = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        return functional_call(self.student.get_submodule(self.family.backbone), base, args=(), kwargs=kwargs)
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each student decoder layer (and its clone terms) in backward instead of storing it.
 
@@ -295,7 +302,6 @@ class LRCModel(nn.Module):
     def _student_term(self, L: int, term: str, args, out: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """(student tensor, target tensor) of one clone term for teacher layer L."""
         lrc, proj = self.lrc_config, self.projections.layers[str(L)]
-        tl = self.teacher.get_submodule(f"{self.family.layers}.{L}")
         if term in (C.ATTN_Q, C.ATTN_K, C.ATTN_V, C.MLP_GATE, C.MLP_UP):
             return out, target
         if term == C.ATTN_IN:  # u_S A^T vs u_T
@@ -303,13 +309,13 @@ class LRCModel(nn.Module):
         if term == C.MLP_IN:  # w_S A_m^T vs w_T
             return args[0] @ proj.mlp_in.to(args[0].dtype).t(), target
         if term == C.ATTN_OUT:
-            o = tl.get_submodule(self.family.linear("o"))
+            o = self.teacher.get_submodule(f"{self.family.layers}.{L}.{self.family.linear('o')}")
             if lrc.attn_out_space == "teacher":  # a_S W_o^T (+ b_o) vs o_T, width d
                 return nn.functional.linear(args[0], o.weight, o.bias), target
             return out, nn.functional.linear(target, proj.o.to(target.dtype))  # o_S vs o_T C_o^T
         if term == C.MLP_OUT:
             if lrc.use_in_out_mlp:  # teacher space: (student FFN inner) W_d^T vs f_T
-                dn = tl.get_submodule(self.family.linear("down"))
+                dn = self.teacher.get_submodule(f"{self.family.layers}.{L}.{self.family.linear('down')}")
                 return nn.functional.linear(args[0], dn.weight, dn.bias), target
             return out, nn.functional.linear(target, proj.down.to(target.dtype))  # f_S vs f_T C_d^T
         raise AssertionError(term)
@@ -378,12 +384,9 @@ class LRCModel(nn.Module):
             h_t = self.teacher.get_submodule(self.family.backbone)(**fwd_kwargs).last_hidden_state  # (B, S, d)
 
         weights = self.training_weights(window_end)
-        prefix = f"{self.family.backbone}."
-        base = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         results: dict = {}
         with self._student_losses(store, results, mask):
-            h_s = functional_call(self.student.get_submodule(self.family.backbone), base, args=(),
-                                  kwargs=fwd_kwargs).last_hidden_state
+            h_s = self.student_backbone(weights, **fwd_kwargs).last_hidden_state
         if not self.gradient_checkpointing:
             store.clear()
 

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from lrc.errors import LRCError
-from lrc.families import check_family, config_hash
+from lrc.families import config_hash, family_of
 from lrc.file_cache import cached_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -66,7 +66,7 @@ def load_teacher_config(path: str) -> PretrainedConfig:
         cfg = AutoConfig.from_pretrained(src, trust_remote_code=False, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise TeacherError(f"cannot read the config of model {path!r} ({_first_line(e)})") from e
-    check_family(cfg)
+    family_of(cfg)
     return cfg
 
 

@@ -55,7 +55,7 @@ from lrc.checkpoint import (
     official_to_ours,
 )
 from lrc.config import LRCConfig
-from lrc.families import check_family
+from lrc.families import family_of
 from lrc.files import atomic_dir
 from lrc.model import LRCModel
 from lrc.teacher import (
@@ -245,7 +245,7 @@ def build_student(ckpt_path: str, raw_model_name: str | None = None, flags: dict
     lrc = resolve_config(ckpt, flags or {})
     teacher_path = teacher_path_of(ckpt, raw_model_name)
     tcfg = load_teacher_config(teacher_path)
-    check_family(tcfg)
+    family_of(tcfg)
     if ckpt.teacher is not None:
         now = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type,
                          weights_fingerprint(teacher_path) if ckpt.teacher.weights_hash else "")

@@ -19,13 +19,12 @@ import torch
 
 from lrc.checkpoint import WEIGHTS_NAME, checkpoint_step, list_checkpoints, resolve_weights_file
 from lrc.errors import LRCError
-from lrc.files import MANIFEST_NAME, clear_stale_temporaries, read_manifest, verify_manifest
+from lrc.files import MANIFEST_NAME, clear_stale_temporaries, read_manifest
 from lrc.training.run_dir import (
     LOCK_NAME,
     RUN_RECORD_NAME,
     STAGING_DIR,
     TRAINER_STATE_NAME,
-    looks_complete,
     verify_checkpoint,
 )
 
@@ -60,12 +59,13 @@ class SourceInfo:
         weights, with a note naming the newer checkpoint."""
         p = Path(ckpt_path)
         notes: list[str] = []
+        searched = None  # the checkpoint the search below verified whole
         if p.is_dir() and not (p / WEIGHTS_NAME).is_file() and not (p / "model.safetensors").is_file():
             ckpts = [c for _, c in reversed(list_checkpoints(p)) if (c / WEIGHTS_NAME).is_file()]
             for c in ckpts:
                 problem = verify_checkpoint(c) if (c / MANIFEST_NAME).is_file() else None
                 if problem is None:
-                    p = c
+                    p = searched = c
                     break
                 notes.append(f"skipped {c} ({problem})")
             else:
@@ -77,9 +77,8 @@ class SourceInfo:
         verified = (directory / MANIFEST_NAME).is_file()
         step = None
         if verified:
-            problem = verify_manifest(directory, only=[weights.name])  # what conversion reads: size and sha256
-            if problem is None and checkpoint_step(directory) not in (None, read_manifest(directory)["step"]):
-                problem = f"its manifest is for step {read_manifest(directory)['step']}"
+            # what conversion reads: its size and sha256 (and the manifest's step is the directory's)
+            problem = None if directory == searched else verify_checkpoint(directory, only=[weights.name])
             if problem:
                 raise ConversionError(f"{directory} does not verify against its manifest: {problem}; convert another "
                                       f"checkpoint (nothing was written)")
@@ -87,7 +86,7 @@ class SourceInfo:
         else:
             step = _trainer_state_step(directory)
         newer = [(s, c) for s, c in list_checkpoints(directory) if step is not None and s > step
-                 and (c / WEIGHTS_NAME).is_file() and looks_complete(c) is None]
+                 and (c / WEIGHTS_NAME).is_file() and verify_checkpoint(c, hashes=False) is None]
         if newer:
             s_new, c_new = newer[-1]
             notes.append(f"{c_new} (step {s_new}) is newer than the final weights converted here (step {step}): an "

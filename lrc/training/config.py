@@ -18,7 +18,6 @@ from typing import Any
 
 from lrc.cli.options import closest_flag
 from lrc.config import LRCConfig
-from lrc.console import warn
 from lrc.training.flags import (
     CHECKED_FLAGS,
     Checkpointing,
@@ -128,8 +127,6 @@ class TrainConfig:
             for k in ("init_from", "load_model_weight_path"):
                 if getattr(c, k):
                     raise FlagError(f"--proj_init activation and --{k} both choose the starting weights; give one")
-        elif self.run.calib_data and self.run.model_cls != "prune_kd":
-            warn("--calib_data is used by --proj_init activation and --model_cls prune_kd only; it is ignored")
         if c.load_model_weight_path and self.method.mlp_train != "lrc":
             raise FlagError(f"--load_model_weight_path loads every tensor strictly; with --mlp_train "
                             f"{self.method.mlp_train} use --init_from, which starts the new Delta tensors at 0")

@@ -91,6 +91,8 @@ class LRCMethod(Method):
     def check(self, cfg: TrainConfig) -> None:
         if "tiny_bert_attn_loss" in cfg.given:
             warn("--tiny_bert_attn_loss has no effect with --model_cls lrc")
+        if cfg.run.calib_data and not self.starts_from_activations(cfg):
+            warn("--calib_data is used by --proj_init activation only; it is ignored")
 
     def build_model(self, teacher, cfg: TrainConfig) -> nn.Module:
         from lrc.model import LRCModel
@@ -162,13 +164,18 @@ BASELINE_METHOD_FIELDS = ("target_hidden_size", "del_layers", "tie_word_emb_proj
 class BaselineMethod(Method):
     """A baseline of ``lrc.baselines`` (its ``BaselineConfig.method``)."""
 
-    def __init__(self, name: str, summary: str, calibrated: bool = False):
+    def __init__(self, name: str, summary: str, calibrated: bool = False, uses_kl: bool = True,
+                 attention_maps: bool = False):
+        """``calibrated``: starts from the teacher's activations (--calib_data); ``uses_kl``: its loss has the KL
+        (else the KL flags are ignored); ``attention_maps``: its loss compares attention maps (when
+        --tiny_bert_attn_loss), which needs eager attention."""
         from lrc.config import flag_name
 
-        self.name, self.summary, self.calibrated = name, summary, calibrated
+        self.name, self.summary, self.calibrated, self.attention_maps = name, summary, calibrated, attention_maps
         lrc_only = [flag_name(f) for f in _lrc_config_fields() if f not in BASELINE_METHOD_FIELDS]
         self.ignored_flags = (*lrc_only, "generation_once_per_step", "shard_generation", "diagnostics_steps",
-                              *(() if calibrated else ("calib_data", "calib_tokens")))
+                              *(() if calibrated else ("calib_data", "calib_tokens")),
+                              *(() if uses_kl else ("kl_temperature", "kl_reduction", "use_logits_loss")))
 
     def check(self, cfg: TrainConfig) -> None:
         for k in ("load_model_weight_path", "init_from"):
@@ -176,15 +183,12 @@ class BaselineMethod(Method):
                 raise OptionError(f"--{k} loads LRC projections; it cannot start --model_cls {self.name} "
                                   f"(use --resume to continue a baseline run)")
         super().check(cfg)
-        if self.name == "origin" and any(k in cfg.given for k in ("kl_temperature", "kl_reduction", "use_logits_loss")):
-            warn("--model_cls origin trains on CE only: the KL flags are ignored")
-        if self.name == "tiny_bert" and cfg.run.tiny_bert_attn_loss and cfg.optim.attn_implementation not in (None,
-                                                                                                              "eager"):
+        if self.attention_maps and cfg.run.tiny_bert_attn_loss and cfg.optim.attn_implementation not in (None, "eager"):
             raise OptionError(f"--model_cls tiny_bert with its attention-map loss needs --attn_implementation eager "
                               f"(got {cfg.optim.attn_implementation!r}); or pass --tiny_bert_attn_loss false")
 
     def attn_implementation(self, cfg: TrainConfig) -> str | None:
-        if self.name == "tiny_bert" and cfg.run.tiny_bert_attn_loss:
+        if self.attention_maps and cfg.run.tiny_bert_attn_loss:
             return "eager"  # the attention-map loss needs the maps
         return cfg.optim.attn_implementation
 
@@ -225,10 +229,11 @@ def _lrc_config_fields() -> list[str]:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     LRCMethod(),
-    BaselineMethod("origin", "random-init student, next-token CE only"),
+    BaselineMethod("origin", "random-init student, next-token CE only", uses_kl=False),
     BaselineMethod("only_kd", "random-init student, CE + KL to the teacher"),
     BaselineMethod("prune_kd", "the width-pruned teacher (Minitron-style), CE + KL", calibrated=True),
-    BaselineMethod("tiny_bert", "random-init student, CE + KL + hidden-state and attention-map MSE"),
+    BaselineMethod("tiny_bert", "random-init student, CE + KL + hidden-state and attention-map MSE",
+                   attention_maps=True),
 )}
 """Every method ``--model_cls`` names, by name."""
 

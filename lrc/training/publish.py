@@ -13,17 +13,19 @@ from typing import Any
 
 from lrc.errors import LRCError
 from lrc.files import write_json_atomic
-from lrc.training.record import checkpoint_on_line
+from lrc.training.record import live_checkpoints
 from lrc.training.run_dir import RUN_RECORD_NAME, STAGING_DIR, publish_checkpoint, rotate_checkpoints
 
 
-def begin_staging(run_dir: Path, name: str) -> Path:
-    """``OUT/.staging/NAME``, emptied of what a run killed while saving this step left (main process)."""
-    staging = run_dir / STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
-    if (staging / name).exists():
-        shutil.rmtree(staging / name)
-    return staging / name
+def begin_staging(run_dir: Path, name: str, main: bool) -> Path:
+    """``OUT/.staging/NAME``, where every rank writes the checkpoint; the main process empties it of what a run killed
+    while saving this step left."""
+    staged = run_dir / STAGING_DIR / name
+    if main:
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        if staged.exists():
+            shutil.rmtree(staged)
+    return staged
 
 
 def publish_staged(staged: Path, final: Path, step: int, record: dict[str, Any] | None) -> None:
@@ -33,16 +35,11 @@ def publish_staged(staged: Path, final: Path, step: int, record: dict[str, Any] 
     publish_checkpoint(staged, final, step)
 
 
-def discard_staged(staged: Path) -> None:
-    """Nothing half-written stays behind after a failed save."""
-    shutil.rmtree(staged, ignore_errors=True)
-
-
 def after_publish(run_dir: Path, limit: int | None, just_written: Path, record: dict[str, Any] | None) -> None:
     """Rotation along the run's live line (``lrc.training.run_dir.rotate_checkpoints``), then the staging directory removed
     when empty."""
-    lineage = (record or {}).get("lineage")
-    rotate_checkpoints(run_dir, limit, just_written=just_written, on_line=lambda p: checkpoint_on_line(p, lineage))
+    line = [p for _, p in live_checkpoints(run_dir, (record or {}).get("lineage"))]
+    rotate_checkpoints(run_dir, limit, line, just_written=just_written)
     try:
         (run_dir / STAGING_DIR).rmdir()  # only when empty
     except OSError:
@@ -64,8 +61,6 @@ def write_failure(e: BaseException) -> bool:
 
 def describe_write_failure(e: BaseException, name: str, directory: Path) -> str:
     """One line: what failed, the writer's words, the free space left and what to do."""
-    import shutil
-
     try:
         free = shutil.disk_usage(directory).free
         space = f"{free / 2**20:,.1f} MiB free on the filesystem of {directory}"

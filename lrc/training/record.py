@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lrc.checkpoint import CheckpointError, TeacherRef, checkpoint_step
+from lrc.checkpoint import CheckpointError, TeacherRef, checkpoint_step, list_checkpoints
 from lrc.training.config import TrainConfig
-from lrc.training.run_dir import RUN_RECORD_NAME
+from lrc.training.run_dir import RUN_RECORD_NAME, verify_checkpoint
 
 RECORD_FORMAT = 1
 
@@ -159,6 +159,13 @@ def checkpoint_on_line(path: Path, lineage: list[dict[str, Any]] | None) -> bool
     return step is not None and on_line(read_record_or_none(path), step, lineage)
 
 
+def live_checkpoints(output_dir: Path, lineage: list[dict[str, Any]] | None) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the checkpoints on the run's live line that look complete (manifest and sizes, no hashing:
+    cheap enough for every save), by step."""
+    return [(s, p) for s, p in list_checkpoints(output_dir)
+            if checkpoint_on_line(p, lineage) and verify_checkpoint(p, hashes=False) is None]
+
+
 def suspect_reason(record: dict[str, Any] | None, step: int) -> str | None:
     """Why a checkpoint at ``step`` is skipped by ``--resume auto`` after the live run stopped on a non-finite
     loss (``record["nonfinite"]``, the root record), or None."""
@@ -167,8 +174,3 @@ def suspect_reason(record: dict[str, Any] | None, step: int) -> str | None:
         return (f"its weights produced the non-finite loss of step {bad['step']} (pass --resume PATH to resume from it "
                 f"anyway)")
     return None
-
-
-def record_config(record: dict[str, Any]) -> TrainConfig:
-    """The ``TrainConfig`` a run record was written from (``TrainConfig.from_record``)."""
-    return TrainConfig.from_record(record)

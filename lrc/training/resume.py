@@ -48,7 +48,6 @@ from lrc.training.record import (
     on_line,
     read_record,
     read_record_or_none,
-    record_config,
     same_dataset,
     suspect_reason,
 )
@@ -56,7 +55,7 @@ from lrc.training.run_dir import (
     RUN_RECORD_NAME,
     TRAINER_STATE_NAME,
     finished_step,
-    list_checkpoints,
+    newest_complete_checkpoint,
     previous_run_files,
     verify_checkpoint,
 )
@@ -98,7 +97,7 @@ def _value(record: dict[str, Any], cfg: TrainConfig, name: str) -> Any:
 
 def compare_records(stored: dict[str, Any], now: dict[str, Any]) -> list[FlagChange]:
     """The ``CHECKED_FLAGS`` whose values differ (``num_epochs`` only when either run counts epochs)."""
-    a, b = record_config(stored), record_config(now)
+    a, b = TrainConfig.from_record(stored), TrainConfig.from_record(now)
     epochs_matter = -1 in (a.optim.max_steps, b.optim.max_steps)
     values = {n: (_value(stored, a, n), _value(now, b, n)) for n in CHECKED_FLAGS}
     return [FlagChange(n, old, new) for n, (old, new) in values.items()
@@ -169,12 +168,13 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
                               f"{' ...' if len(previous) > 4 else ''}): pass --resume auto to continue it, or "
                               f"--overwrite_output_dir to delete it and start over")
         return plan  # a fresh start (the caller deletes the previous run with --overwrite_output_dir)
-    max_steps = record_config(record).optim.max_steps
+    max_steps = TrainConfig.from_record(record).optim.max_steps
     done = finished_step(out)  # hashes the final files once: used below too
     if resume == "auto":
-        ckpt, plan.skipped = _newest_on_line(out)
-        if done is not None and (ckpt is None or checkpoint_step_of(ckpt) <= done) and max_steps > 0 \
-                and done >= max_steps:
+        finished = done is not None and max_steps > 0 and done >= max_steps
+        # a finished run continues only from a newer checkpoint (an extension): the older ones are not verified
+        ckpt, plan.skipped = _newest_on_line(out, above=done if finished else None)
+        if finished and ckpt is None:
             plan.finished_at = done
             return plan
         if ckpt is None:
@@ -204,7 +204,7 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
     record["resumed_from"] = where
     record["changed_on_resume"] = [{"flag": c.name, "from": c.stored, "to": c.now} for c in changes]
     record["lineage"] = new_lineage(stored, plan.step, record["run_id"])
-    if plan.step >= _target_steps(ckpt, record):
+    if plan.step >= _target_steps(ckpt, max_steps):
         if done is not None and done >= plan.step:
             plan.finished_at = done
         else:
@@ -214,33 +214,27 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
     return plan
 
 
-def _newest_on_line(out: Path) -> tuple[Path | None, list[tuple[str, str]]]:
-    """The newest checkpoint of ``out`` that is on the live line of the run recorded at its root, is not suspect
-    (``suspect_reason``) and verifies; and the newer ones skipped, with the reason. Without a lineage in the root
-    record (a run of an older version, or none): the newest that verifies."""
+def _newest_on_line(out: Path, above: int | None = None) -> tuple[Path | None, list[tuple[str, str]]]:
+    """The newest checkpoint of ``out`` (of a step ``> above``) that is on the live line of the run recorded at its
+    root, is not suspect (``suspect_reason``) and verifies; and the newer ones skipped, with the reason. Without a
+    lineage in the root record (a run of an older version, or none): the newest that verifies."""
     root = read_record_or_none(out)
     lineage = (root or {}).get("lineage")
-    skipped: list[tuple[str, str]] = []
-    for step, p in reversed(list_checkpoints(out)):
-        rec = read_record_or_none(p)
-        problem = None
-        if lineage is not None and not on_line(rec, step, lineage):
-            problem = off_line_reason(rec, lineage)
-        problem = problem or suspect_reason(root, step) or verify_checkpoint(p)
-        if problem is None:
-            return p, skipped
-        skipped.append((str(p), problem))
-    return None, skipped
+
+    def reject(step: int, p: Path) -> str | None:
+        if lineage is not None:
+            rec = read_record_or_none(p)
+            if not on_line(rec, step, lineage):
+                return off_line_reason(rec, lineage)
+        return suspect_reason(root, step)
+
+    ckpt, skipped = newest_complete_checkpoint(out, reject=reject, above=above)
+    return ckpt, [(str(p), why) for p, why in skipped]
 
 
-def checkpoint_step_of(path: str | os.PathLike) -> int:
-    return read_manifest(path)["step"]
-
-
-def _target_steps(ckpt: Path, record: dict[str, Any]) -> int:
-    """The optimizer steps this run trains to: --max_steps, or the epoch-based total the checkpoint's run
-    computed (``trainer_state.json``'s max_steps) when --max_steps is -1."""
-    max_steps = record_config(record).optim.max_steps
+def _target_steps(ckpt: Path, max_steps: int) -> int:
+    """The optimizer steps this run trains to: ``max_steps`` (--max_steps), or the epoch-based total the checkpoint's
+    run computed (``trainer_state.json``'s max_steps) when it is -1."""
     if max_steps > 0:
         return max_steps
     try:
@@ -275,7 +269,7 @@ def data_position(stored: dict[str, Any], step: int, batch_size: int, grad_accum
     checkpoint's run had consumed in its current epoch; the new run skips the largest whole number of
     its own optimizer steps that does not pass it.
     """
-    o = record_config(stored).optim
+    o = TrainConfig.from_record(stored).optim
     bs_o, gas_o, w_o = o.batch_size, o.gradient_accumulation_steps, stored["world_size"]
     n_o = stored.get("train_sequences") or n_sequences
     len_o = _per_process_batches(n_o, bs_o, w_o)

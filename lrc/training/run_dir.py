@@ -22,8 +22,8 @@ Rules:
   files is written in a temporary directory and renamed (``publish_checkpoint``);
 - a checkpoint or a finished run is complete exactly when its manifest verifies (``verify_manifest``):
   every listed file present with its size and sha256, nothing unlisted (a checkpoint);
-- one run at a time: ``RunLock`` (a kernel ``flock`` on ``.lrc.lock``; a holder that died is reported
-  and replaced).
+- one run at a time: ``lrc.training.lock.RunLock`` (a kernel ``flock`` on ``.lrc.lock``; a holder that died is
+  reported and replaced).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,10 @@ STAGING_DIR = ".staging"
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def verify_checkpoint(path: str | os.PathLike) -> str | None:
-    """None if ``path`` is a complete checkpoint (its manifest verifies and names its step), else why not."""
-    problem = verify_manifest(path)
+def verify_checkpoint(path: str | os.PathLike, only: Iterable[str] | None = None, hashes: bool = True) -> str | None:
+    """None if ``path`` is a complete checkpoint (its manifest verifies and names its step), else why not.
+    ``only`` and ``hashes``: as ``verify_manifest`` (``hashes=False``: what a decision at every save can afford)."""
+    problem = verify_manifest(path, only=only, hashes=hashes)
     if problem is None:
         step = read_manifest(path)["step"]
         if checkpoint_step(path) not in (None, step):
@@ -81,11 +82,15 @@ def verify_checkpoint(path: str | os.PathLike) -> str | None:
     return problem
 
 
-def newest_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest ``checkpoint-N`` whose manifest verifies, and the newer ones skipped with the reason."""
+def newest_complete_checkpoint(output_dir: str | os.PathLike, reject: Callable[[int, Path], str | None] | None = None,
+                               above: int | None = None) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest ``checkpoint-N`` (of a step ``> above``) that ``reject(step, path)`` lets through (its reason, or
+    None) and whose manifest verifies; and the newer ones skipped, with the reason."""
     skipped: list[tuple[Path, str]] = []
-    for _, p in reversed(list_checkpoints(output_dir)):
-        problem = verify_checkpoint(p)
+    for step, p in reversed(list_checkpoints(output_dir)):
+        if above is not None and step <= above:
+            break
+        problem = (reject(step, p) if reject else None) or verify_checkpoint(p)
         if problem is None:
             return p, skipped
         skipped.append((p, problem))
@@ -108,36 +113,15 @@ def publish_checkpoint(staged: Path, final: Path, step: int) -> None:
     publish_dir(staged, final)
 
 
-def looks_complete(path: str | os.PathLike) -> str | None:
-    """``verify_checkpoint`` without the hashing: None if the manifest reads, names the directory's step and every
-    file it lists is there with its size; else why not. For decisions taken at every save (rotation), where hashing
-    every checkpoint would cost minutes; a resume still verifies the hashes."""
-    root = Path(path)
-    try:
-        m = read_manifest(root)
-    except RunDirError as e:
-        return str(e)
-    if checkpoint_step(root) not in (None, m["step"]):
-        return f"its manifest is for step {m['step']}"
-    for rel, info in sorted(m["files"].items()):
-        p = root / rel
-        if not p.is_file():
-            return f"{rel} is missing"
-        if p.stat().st_size != info.get("bytes"):
-            return f"{rel} has {p.stat().st_size} bytes, the manifest says {info.get('bytes')}"
-    return None
-
-
-def rotate_checkpoints(output_dir: Path, limit: int | None, just_written: Path | None = None,
-                       on_line: Callable[[Path], bool] = lambda p: True) -> list[Path]:
-    """Keep the ``limit`` newest complete checkpoints of the run's live line (``on_line``; by step) and delete the
-    older ones of that line (atomically, ``discard``). Never deleted: ``just_written``, a checkpoint that is not
-    complete (``looks_complete``: kept for a human to look at; a resume skips it) and one of another line (an
-    abandoned continuation: replaced when the live line writes the same step). Returns what was deleted."""
+def rotate_checkpoints(output_dir: Path, limit: int | None, line: list[Path], just_written: Path | None = None
+                       ) -> list[Path]:
+    """Keep the ``limit`` newest of ``line`` (the run's live line: its complete checkpoints, by step,
+    ``lrc.training.record.live_checkpoints``) and delete the older ones (atomically, ``discard``). What is not in
+    ``line`` is never deleted: a checkpoint that is not complete (kept for a human to look at; a resume skips it) and
+    one of another line (an abandoned continuation: replaced when the live line writes the same step); nor is
+    ``just_written``. Returns what was deleted."""
     if not limit or limit <= 0:
         return []
-    line = [p for _, p in list_checkpoints(output_dir)
-            if p == just_written or (looks_complete(p) is None and on_line(p))]
     deleted = [p for p in line[:-limit] if p != just_written]
     for p in deleted:
         discard(p, output_dir / STAGING_DIR)
@@ -212,9 +196,6 @@ def clear_previous_run(output_dir: str | os.PathLike) -> None:
 def clear_staging(output_dir: str | os.PathLike) -> None:
     """Delete half-written checkpoints of a killed run."""
     shutil.rmtree(Path(output_dir) / STAGING_DIR, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------- the lock
 
 
 # ---------------------------------------------------------------------------------------------- loading

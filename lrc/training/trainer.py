@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,9 @@ from lrc.training.loss_log import (
     LossMeter,
     NonFiniteLossError,
 )
-from lrc.training.record import checkpoint_on_line
+from lrc.training.record import live_checkpoints
 from lrc.training.resume import BATCH_GEOMETRY, SCHEDULE_FLAGS, ResumePlan, data_position
-from lrc.training.run_dir import RUN_RECORD_NAME, STAGING_DIR, WEIGHTS_NAME, list_checkpoints, looks_complete
+from lrc.training.run_dir import RUN_RECORD_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class DistillTrainer(Trainer):
         weights produced it: ``lrc.training.resume.suspect_reason``) and say which checkpoints are good."""
         out = Path(self.args.output_dir)
         lineage = (self.run_record or {}).get("lineage")
-        on_line = [(s, p) for s, p in list_checkpoints(out) if checkpoint_on_line(p, lineage) and looks_complete(p) is None]
+        on_line = live_checkpoints(out, lineage)
         good = [p for s, p in on_line if s <= step - 2]
         bad = [p for s, p in on_line if s == step - 1]
         if self.args.should_save and self.run_record is not None:
@@ -293,9 +294,7 @@ class DistillTrainer(Trainer):
         run_dir = Path(super()._get_output_dir(trial))
         step = self.state.global_step
         name = f"checkpoint-{step}"
-        staged = run_dir / STAGING_DIR / name
-        if self.args.should_save:
-            publish.begin_staging(run_dir, name)
+        staged = publish.begin_staging(run_dir, name, self.args.should_save)
         self.accelerator.wait_for_everyone()
         self._staging_root = str(staged.parent)
         try:
@@ -308,7 +307,7 @@ class DistillTrainer(Trainer):
                 publish.publish_staged(staged, run_dir / name, step, self.run_record)
         except BaseException as e:
             if self.is_local_process_zero():
-                publish.discard_staged(staged)
+                shutil.rmtree(staged, ignore_errors=True)  # nothing half-written stays behind
             if not isinstance(e, (LRCError, OSError)) and isinstance(e, Exception) and publish.write_failure(e):
                 raise publish.CheckpointWriteError(publish.describe_write_failure(e, name, run_dir)) from e
             raise
