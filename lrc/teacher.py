@@ -107,18 +107,29 @@ def load_causal_lm(path: str, dtype: torch.dtype | None = None, attn_implementat
 
 
 @torch.no_grad()
+def nonfinite_weight(model: torch.nn.Module) -> str | None:
+    """``"NAME (shape) holds N NaN and M infinite value(s)"`` for the first weight tensor of ``model`` that holds a NaN
+    or an infinity, or None.
+
+    The test is the tensor's fp32 sum (NaN and inf propagate; finite weights of a sane model cannot overflow it): a
+    memory-bound reduction without a temporary, ~20x faster than ``isfinite().all()`` on the CPU
+    (docs/BENCHMARKS.md)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not bool(torch.isfinite(p.sum(dtype=torch.float32))):
+                nan, inf = int(torch.isnan(p).sum()), int(torch.isinf(p).sum())
+                return (f"{name} {tuple(p.shape)} holds {nan} NaN and {inf} infinite value(s)"
+                        f"{'' if nan + inf else ' (or values so large their sum overflows)'}")
+    return None
+
+
 def check_finite_weights(model: torch.nn.Module, path: str) -> None:
     """Raise TeacherError naming the first weight tensor that holds a NaN or an infinity (one pass over the weights,
-    at load: a non-finite teacher weight would otherwise surface later as a NaN loss or a linear-algebra failure).
-
-    The test is the tensor's fp32 sum (NaN and inf propagate; finite weights cannot overflow it): a memory-bound
-    reduction without a temporary, ~20x faster than ``isfinite().all()`` on the CPU (docs/BENCHMARKS.md)."""
-    for name, p in model.named_parameters():
-        if not bool(torch.isfinite(p.detach().sum(dtype=torch.float32))):
-            nan, inf = int(torch.isnan(p).sum()), int(torch.isinf(p).sum())
-            raise TeacherError(f"model {path!r}: weight tensor {name} {tuple(p.shape)} holds {nan} NaN and {inf} "
-                               f"infinite value(s){'' if nan + inf else ' (or values so large their sum overflows)'}; "
-                               f"its files are corrupt or it was saved after training diverged")
+    at load: a non-finite teacher weight would otherwise surface later as a NaN loss or a linear-algebra failure)."""
+    bad = nonfinite_weight(model)
+    if bad:
+        raise TeacherError(f"model {path!r}: weight tensor {bad}; its files are corrupt or it was saved after "
+                           f"training diverged")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer

@@ -27,6 +27,11 @@ def rendered(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv != ["--check"]:  # never write on a mistyped command line
+        helped = argv[0] in ("-h", "--help")
+        print(__doc__.strip() if helped else f"error: {' '.join(argv)}: usage: python scripts/flag_docs.py [--check]",
+              file=sys.stdout if helped else sys.stderr)
+        return 0 if helped else 2
     text = DOC.read_text(encoding="utf-8")
     new = rendered(text)
     if "--check" in argv:

@@ -105,7 +105,7 @@ def test_task_lists_and_metrics(tmp_path):
 
 def test_the_paper_column_is_the_published_table():
     """The paper's main-table numbers (arXiv 2505.12781) fill the reference column, for the row --paper_model picks."""
-    from lrc.after.harness import HarnessOptions, PAPER_RESULTS, config_from_args
+    from lrc.after.harness import PAPER_RESULTS, HarnessOptions, config_from_args
 
     assert set(PAPER_RESULTS["LRC-4B"]) == set(PAPER_TASKS)
     assert PAPER_RESULTS["LRC-4B"]["commonsense_qa"] == pytest.approx(0.7928)

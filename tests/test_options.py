@@ -14,7 +14,7 @@ import pytest
 from lrc.cli.options import OptionError, OptionParser, dict_to_argv, field_docs, options, run_command
 from lrc.config import LRCConfig
 from lrc.config import flag_name as method_flag
-from lrc.training.config import FLAGS, METHOD_FLAGS, TrainConfig
+from lrc.training.config import FLAGS, TrainConfig
 from lrc.training.flags import MethodFlags
 from lrc.training.parse import help_text, parse_argv, parse_flags
 
@@ -95,7 +95,7 @@ def test_method_flags_are_made_from_lrc_config():
     docs = field_docs(LRCConfig)
     fields = {f.name: f for f in dataclasses.fields(LRCConfig)}
     flags = {f.name: f for f in dataclasses.fields(MethodFlags)}
-    assert set(flags) == set(METHOD_FLAGS) == {method_flag(n) for n in fields}  # every field, init_std included
+    assert set(flags) == {method_flag(n) for n in fields}  # every field, init_std included
     for name in fields:
         flag = method_flag(name)
         assert docs[name].replace("%", "%%") in flags[flag].metadata["help"], flag
@@ -104,6 +104,18 @@ def test_method_flags_are_made_from_lrc_config():
     text = help_text("intro")
     assert docs["aux_loss_scale_factor"].split(".")[0] in " ".join(text.split())
     assert all(f"--{name}" in text for name in FLAGS)
+
+
+def test_what_a_resume_does_with_a_changed_flag_follows_its_declared_kind():
+    """--allow_changed of a "batch geometry" flag re-positions the data, of a "schedule" flag replaces the restored
+    schedule (lrc.training.resume); a kind outside the vocabulary is refused at import, not silently ignored."""
+    from lrc.training.flags import resume_checked
+    from lrc.training.resume import BATCH_GEOMETRY, SCHEDULE_FLAGS
+
+    assert set(BATCH_GEOMETRY) == {"batch_size", "gradient_accumulation_steps", "world_size"}
+    assert set(SCHEDULE_FLAGS) == {"learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "adam_beta2"}
+    with pytest.raises(TypeError, match="is not one of"):
+        resume_checked(type("Group", (), {"_resume_checked": {"batch_size": "batch-geometry"}}))
 
 
 def test_training_command_line_spellings(tmp_path):

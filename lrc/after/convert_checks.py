@@ -17,9 +17,15 @@ from pathlib import Path
 
 import torch
 
-from lrc.checkpoint import WEIGHTS_NAME, checkpoint_step, list_checkpoints, resolve_weights_file
+from lrc.checkpoint import (
+    WEIGHTS_NAME,
+    checkpoint_step,
+    list_checkpoints,
+    resolve_weights_file,
+)
 from lrc.errors import LRCError
 from lrc.files import MANIFEST_NAME, clear_stale_temporaries, read_manifest
+from lrc.teacher import nonfinite_weight
 from lrc.training.run_dir import (
     LOCK_NAME,
     RUN_RECORD_NAME,
@@ -170,10 +176,10 @@ def check_save_path(out: Path, overwrite: bool, source: Path, teacher: Path | No
 def check_finite_output(student: torch.nn.Module, source: SourceInfo) -> None:
     """Refuse a student whose weights or logits on a short test input are NaN/inf: weights that diverged in training
     (the run's non-finite guard names the last good checkpoint)."""
-    for name, p in student.named_parameters():
-        if not bool(torch.isfinite(p).all()):
-            raise ConversionError(f"the converted student's {name} holds NaN/inf values: {source.describe()} holds "
-                                  f"weights that diverged; convert an earlier checkpoint (nothing was written)")
+    bad = nonfinite_weight(student)
+    if bad:
+        raise ConversionError(f"the converted student's {bad} (NaN/inf): {source.describe()} holds weights that "
+                              f"diverged; convert an earlier checkpoint (nothing was written)")
     vocab = student.config.vocab_size
     ids = (torch.arange(16) * 7919 % vocab)[None].to(next(student.parameters()).device)
     logits = student(input_ids=ids, use_cache=False).logits

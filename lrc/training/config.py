@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lrc.cli.options import closest_flag
+from lrc.cli.options import unknown_flags_text
 from lrc.config import LRCConfig
 from lrc.training.flags import (
     CHECKED_FLAGS,
@@ -71,8 +71,7 @@ class TrainConfig:
         """Build from {flag: value} (missing flags take their defaults); the method's own checks run."""
         unknown = sorted(k for k in flags if k not in FLAG_GROUP)
         if unknown:
-            raise FlagError("unknown flag(s): " + ", ".join(
-                f"--{k}" + (f" (did you mean --{c}?)" if (c := closest_flag(k, FLAG_GROUP)) else "") for k in unknown))
+            raise FlagError("unknown flag(s): " + unknown_flags_text(unknown, FLAG_GROUP))
         missing = [k for k in REQUIRED_FLAGS if flags.get(k) is None]
         if missing:
             raise FlagError(f"missing required flag(s): {', '.join('--' + k for k in missing)} "
@@ -80,9 +79,9 @@ class TrainConfig:
         values = {attr: {} for attr in (*GROUPS, "method")}
         for k, v in flags.items():
             values[FLAG_GROUP[k]][k] = v
-        method_values = {f.name: f.default for f in dataclasses.fields(MethodFlags)} | values.pop("method")
-        return cls(**{attr: GROUPS[attr](**vals) for attr, vals in values.items()},
-                   method=method_from_flags(method_values), given=tuple(sorted(given)))
+        method = method_from_flags(values.pop("method"))
+        return cls(**{attr: GROUPS[attr](**vals) for attr, vals in values.items()}, method=method,
+                   given=tuple(sorted(given)))
 
     def to_flags(self) -> dict[str, Any]:
         """{flag: value} of every flag (what a run record stores; ``from_flags`` inverts it)."""

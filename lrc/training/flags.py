@@ -29,11 +29,19 @@ def canonical_method_name(name: str) -> str:
     return METHOD_ALIASES.get(name, name)
 
 
+RESUME_KINDS = ("data", "schedule", "optimisation", "batch geometry", "data order and init", "length")
+"""Why a resume checks a flag (the values of ``_resume_checked``): ``lrc.training.resume`` re-positions the data after
+a "batch geometry" change and replaces the restored schedule after a "schedule" change."""
+
+
 def resume_checked(group: type) -> dict[str, str]:
-    """The flags of ``group`` a resume compares, with why (its ``_resume_checked``, beside the fields), in field
-    order."""
-    return {f.name: group._resume_checked[f.name] for f in dataclasses.fields(group)
-            if f.name in getattr(group, "_resume_checked", {})}
+    """The flags of ``group`` a resume compares, with why (its ``_resume_checked``, beside the fields: one of
+    ``RESUME_KINDS``), in field order."""
+    checked = getattr(group, "_resume_checked", {})
+    odd = {k: v for k, v in checked.items() if v not in RESUME_KINDS}
+    if odd:
+        raise TypeError(f"{group.__name__}._resume_checked: {odd} is not one of {RESUME_KINDS}")
+    return {f.name: checked[f.name] for f in dataclasses.fields(group) if f.name in checked}
 
 
 # ---------------------------------------------------------------------------------------------- the groups
@@ -156,7 +164,7 @@ class Optimisation:
                        "warmup_steps": "schedule", "adam_beta2": "schedule", "max_grad_norm": "optimisation",
                        "bf16": "optimisation", "batch_size": "batch geometry",
                        "gradient_accumulation_steps": "batch geometry", "seed": "data order and init",
-                       "num_epochs": "length (when --max_steps is -1)"}
+                       "num_epochs": "length"}  # compared when --max_steps is -1
 
     def __post_init__(self) -> None:
         # One spelling for --bf16: auto | true | false (a bool from Python callers or YAML is accepted).
@@ -389,7 +397,9 @@ MethodFlags = _method_flags_class()
 
 
 def method_from_flags(values: dict[str, Any]) -> LRCConfig:
-    """``LRCConfig`` from method flag values ({flag: value}); its own checks run (one line naming the field)."""
+    """``LRCConfig`` from method flag values ({flag: value}; a flag not given takes its ``MethodFlags`` default); its
+    own checks run (one line naming the field)."""
+    values = {f.name: f.default for f in dataclasses.fields(MethodFlags)} | values
     return LRCConfig(**{f.name: values[method_flag(f.name)] for f in dataclasses.fields(LRCConfig)})
 
 

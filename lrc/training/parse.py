@@ -10,7 +10,6 @@ flag); dead official flags warn, those that would change the method are refused 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -136,11 +135,10 @@ def parse_method_flags(raw: dict[str, Any]) -> tuple[LRCConfig, set[str]]:
         raise FlagError(f"not an LRC method flag: {', '.join('--' + k for k in other)} "
                         f"(those are {', '.join('--' + k for k in METHOD_FLAGS)})")
     given = OptionParser(MethodFlags, prog="LRC method flags").parse_given(dict_to_argv(raw))
-    values = {f.name: f.default for f in dataclasses.fields(MethodFlags)} | given
-    if values["target_hidden_size"] is None:
+    if given.get("target_hidden_size") is None:
         raise FlagError("missing required flag --target_hidden_size")
     renamed = {v: k for k, v in FLAG_RENAMES.items()}
-    return method_from_flags(values), {renamed.get(k, k) for k in given}
+    return method_from_flags(given), {renamed.get(k, k) for k in given}
 
 
 def demo_teacher_path() -> str:
