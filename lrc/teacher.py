@@ -11,6 +11,7 @@ once and cached by the file's path, size, mtime and inode (``lrc.file_cache``), 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -71,13 +72,13 @@ def load_teacher_config(path: str) -> PretrainedConfig:
 
 
 def load_teacher(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, config: PretrainedConfig | None = None):
     """Load the teacher: ``load_causal_lm`` (frozen, eval mode; a supported family only)."""
-    return load_causal_lm(path, dtype, attn_implementation, device)
+    return load_causal_lm(path, dtype, attn_implementation, device, config)
 
 
 def load_causal_lm(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None,
-                   device: str | torch.device | None = None):
+                   device: str | torch.device | None = None, config: PretrainedConfig | None = None):
     """Load a causal LM of a supported family (a teacher, or a converted student), frozen, in eval mode, without
     remote code.
 
@@ -85,9 +86,11 @@ def load_causal_lm(path: str, dtype: torch.dtype | None = None, attn_implementat
         path: HF model directory / hub id, or a ``.gguf`` file.
         dtype: parameter dtype (None: the checkpoint's; GGUF dequantises to float32).
         attn_implementation: e.g. "sdpa", "eager", "flash_attention_2" (None: transformers' default).
+        config: its config, already read by ``load_teacher_config`` (None: read here; a .gguf's takes seconds).
     """
-    load_teacher_config(path)  # refuse unsupported families before loading any weights
+    config = load_teacher_config(path) if config is None else config  # unsupported families: before any weights
     src, kw = _split(path)
+    kw["config"] = copy.deepcopy(config)  # the caller's stays as it was
     if dtype is not None:
         kw["dtype"] = dtype
     if attn_implementation:

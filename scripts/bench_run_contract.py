@@ -11,7 +11,7 @@ Llama-3 vocabulary) of about ``--gb`` GB, then times, each in a fresh cache dire
 - the same call again (the cached result: what a restart or a resume pays);
 - sha256 of the file (what a manifest costs per GB of checkpoint, and the teacher fingerprint per
   GB of weights on first use) and ``weights_fingerprint``-style cached lookups;
-- the data's content fingerprint a resume compares (``lrc.training.resume.dataset_identity``: sampled blocks);
+- the data's content fingerprint a resume compares (``lrc.training.record.dataset_identity``: sampled blocks);
 - the teacher's non-finite check at load (``lrc.teacher.check_finite_weights``) on 1 GB of fp32 weights and
   the same in bf16.
 

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lrc.after.convert import ConversionError, convert_checkpoint
 from lrc.checkpoint import TeacherRef, save_lrc_checkpoint
 from lrc.config import LRCConfig
+from lrc.families import SUPPORTED_FAMILIES
 from lrc.model import LRCModel
 from lrc.projections import official_names
 from lrc.teacher import teacher_fingerprint
@@ -220,7 +221,7 @@ def test_cli_bad_input(cli_case, teachers, tmp_path, case):
         d = tmp_path / "gpt2"
         GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=101)).save_pretrained(d)
         r = _cli("--ckpt-path", str(good), "--save-path", str(save), "--raw-model-name", str(d))
-        _assert_one_line_error(r, "unsupported teacher model_type 'gpt2'", "llama, mistral, qwen2, qwen3, gemma2, gemma3_text")
+        _assert_one_line_error(r, "unsupported teacher model_type 'gpt2'", ", ".join(SUPPORTED_FAMILIES))
     else:
         r = _cli("--ckpt-path", str(tmp / "nope"), "--save-path", str(save))
         _assert_one_line_error(r, "does not exist")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tiny import randomize_projections, tiny_teacher
 
 from lrc.config import LRCConfig, LRCConfigError
-from lrc.families import UnsupportedTeacherError, student_config
+from lrc.families import SUPPORTED_FAMILIES, UnsupportedTeacherError, student_config
 from lrc.losses import fused_logit_losses
 from lrc.model import LRCModel
 
@@ -434,7 +434,7 @@ def test_unknown_config_field_rejected():
 def test_unsupported_family_is_refused():
     from transformers import GPT2Config
 
-    with pytest.raises(UnsupportedTeacherError, match="supported families: llama, mistral, qwen2, qwen3, gemma2, gemma3_text"):
+    with pytest.raises(UnsupportedTeacherError, match="supported families: " + ", ".join(SUPPORTED_FAMILIES)):
         student_config(GPT2Config(), LRCConfig(target_hidden_size=8))
 
 

@@ -44,6 +44,15 @@ def test_every_registered_method_trains_saves_resumes_and_converts(assets, tmp_p
         assert torch.isfinite(student(torch.tensor([[3, 4, 5, 6]])).logits).all()
 
 
+def test_the_model_cls_help_names_every_registered_method():
+    """``--model_cls``'s help is written by hand (a docstring): it must name every method of the registry."""
+    from lrc.cli.options import field_docs
+    from lrc.training.flags import RunTarget
+
+    text = field_docs(RunTarget)["model_cls"]
+    assert all(f"{name} (" in text for name in METHODS), text
+
+
 def test_the_official_spelling_is_lrc(assets, tmp_path):
     assert method_named("distill") is METHODS["lrc"]
     out = tmp_path / "run"

@@ -1,4 +1,5 @@
-"""Benchmark evaluation of a converted student with lm-evaluation-harness (spec Part B §10).
+"""Benchmark evaluation of a converted student with lm-evaluation-harness (the official code's ``scripts/eval.sh``;
+docs/AFTER_TRAINING.md, section 2).
 
 One implementation of the task lists, the reported metric per task, batch sizes and the paper's
 numbers; ``scripts/eval.sh`` is a thin wrapper over this module's CLI::
@@ -56,8 +57,8 @@ class TaskSpec:
     used for tasks outside ``TASKS`` (custom or other lm-eval tasks)."""
 
 
-# Spec Part B §10: the official eval.sh runs these 12 tasks 0-shot, batch 32 except boolq / mmlu /
-# commonsense_qa at 8. The spec says the official repo never states acc vs acc_norm; our choice:
+# The official code's scripts/eval.sh runs these 12 tasks 0-shot, batch 32 except boolq / mmlu /
+# commonsense_qa at 8. The official code never says whether it reported acc or acc_norm; our choice:
 # acc_norm (length-normalised) wherever lm-eval defines it, acc elsewhere. Both land in results.json.
 # ``truthfulqa`` of the official list is lm-eval's group of mc1 + mc2 + gen (generation, with BLEU /
 # ROUGE); we run its multiple-choice part ``truthfulqa_mc2`` (acc), the usual zero-shot number.

@@ -58,7 +58,8 @@ def train(cfg: TrainConfig, trainer_cls=None):
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(GracefulStop())
         start = RunStart(out)
-        plan = decided_on_main(lambda: open_run_dir(cfg, args.world_size, args.bf16, teacher_path, stack, start), main)
+        plan, tcfg = decided_on_main(lambda: open_run_dir(cfg, args.world_size, args.bf16, teacher_path, stack, start),
+                                     main)
         for m in plan.messages():
             say(m)
         if plan.finished_at is not None:
@@ -72,7 +73,7 @@ def train(cfg: TrainConfig, trainer_cls=None):
                 f"outputs are now written to {out}")
             return None
         with start.undone_on_failure(main):  # until training begins, a failure leaves --output_dir as it was
-            trainer, stopper = _build(cfg, method, args, plan, teacher_path, trainer_cls, main, start, stop)
+            trainer, stopper = _build(cfg, method, args, plan, teacher_path, tcfg, trainer_cls, main, start, stop)
             if stop.requested:
                 raise InterruptedRun(f"stopped by {stop.received} before training began; nothing was saved")
             start.training = True
@@ -96,7 +97,7 @@ def train(cfg: TrainConfig, trainer_cls=None):
     return trainer
 
 
-def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, trainer_cls, main: bool, start, stop):
+def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, tcfg, trainer_cls, main: bool, start, stop):
     """Data, teacher, the method's model and its start, the trainer; the run's record written. Returns (trainer,
     its ``StopOnSignal``)."""
     import torch
@@ -104,11 +105,10 @@ def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, trainer_cls,
 
     from lrc.checkpoint import CheckpointError, TeacherRef
     from lrc.data.datasets import build_dataset, cut_note
-    from lrc.teacher import find_tokenizer, load_teacher, load_teacher_config
+    from lrc.teacher import find_tokenizer, load_teacher
     from lrc.training.preemption import StopOnSignal
 
     r = cfg.run
-    tcfg = load_teacher_config(teacher_path)
     tokenizer, no_tokenizer = find_tokenizer(r.tokenizer or teacher_path, tcfg.vocab_size)
 
     def dataset(path: str):
@@ -126,7 +126,7 @@ def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, trainer_cls,
 
     t0 = time.time()
     teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if args.bf16 else torch.float32,
-                           attn_implementation=method.attn_implementation(cfg))
+                           attn_implementation=method.attn_implementation(cfg), config=tcfg)
     say(f"teacher {r.raw_model_name} loaded in {time.time() - t0:.0f}s: "
         f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params, {tcfg.num_hidden_layers} layers, hidden "
         f"{tcfg.hidden_size} -> student {cfg.method.target_hidden_size}")

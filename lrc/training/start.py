@@ -116,7 +116,8 @@ def check_output_dir_is_free(out: Path, teacher_path: str) -> None:
 
 def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: str, stack: contextlib.ExitStack,
                  start: RunStart):
-    """Main process: check, claim and plan ``--output_dir`` (module docstring); returns the ``ResumePlan``.
+    """Main process: check, claim and plan ``--output_dir`` (module docstring); returns the ``ResumePlan`` and the
+    teacher's config (checked here; a .gguf teacher's takes seconds to read, so it is read once and passed on).
     ``bf16``: whether the run computes in bf16, as resolved (recorded)."""
     from lrc.checkpoint import TeacherRef
     from lrc.families import student_config
@@ -142,7 +143,7 @@ def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: st
         c = cfg.ckpt
         plan = plan_resume(out, c.resume, c.overwrite_output_dir, record, c.allowed_changes())
         if plan.finished_at is not None or plan.finalize_from is not None:
-            return plan
+            return plan, tcfg
         if c.overwrite_output_dir and plan.checkpoint is None:
             clear_previous_run(out)
         clear_staging(out)  # half-written checkpoints of a killed run
@@ -152,4 +153,4 @@ def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: st
                 f"resumed from step {plan.step}; they stay until this run writes its own, but no longer count as "
                 f"finished")
         start.write_record(plan.record)
-        return plan
+        return plan, tcfg
