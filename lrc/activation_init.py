@@ -27,7 +27,7 @@ Deterministic: the same teacher and calibration tokens give the same channels (r
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -90,8 +90,12 @@ def select_channels(importance: Tensor, d_s: int) -> list[int]:
 
 
 @torch.no_grad()
-def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher) -> None:
-    """Set every projection to the channel selection and every gain to the teacher's gain at those channels."""
+def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher,
+                            tensors: Mapping[str, Tensor] | None = None) -> None:
+    """Set every projection to the channel selection and every gain to the teacher's gain at those channels.
+
+    ``tensors``: the teacher's tensors by name (None: its ``named_parameters``; a sharded teacher's
+    ``TeacherUnits.one_at_a_time`` view, read in the same order on every rank)."""
     d, d_s = proj.d, proj.d_s
     family = family_of(teacher.config)
     if len(channels) != d_s or len(set(channels)) != d_s or not all(0 <= c < d for c in channels):
@@ -107,14 +111,16 @@ def apply_channel_selection(proj: LRCProjections, channels: list[int], teacher) 
         sel[idx, torch.arange(d_s)] = 1.0
         p.copy_(sel if leaf in IN_SIDE_D_BY_DS else sel.t())
 
-    def gain(norm) -> Tensor:  # the gain the norm applies (Gemma stores gain - 1)
-        return family.gain_from_stored(norm.weight.detach()[idx.to(norm.weight.device)])
+    tensors = dict(teacher.named_parameters()) if tensors is None else tensors
 
-    proj.final_norm.copy_(gain(teacher.get_submodule(family.final_norm)))
+    def gain(norm: str) -> Tensor:  # the gain the norm applies (Gemma stores gain - 1)
+        w = tensors[f"{norm}.weight"].detach()
+        return family.gain_from_stored(w[idx.to(w.device)])
+
+    proj.final_norm.copy_(gain(family.final_norm))
     for L, layer in proj.layers.items():
-        t = teacher.get_submodule(f"{family.layers}.{L}")
         for norm, name in family.gains.items():
-            getattr(layer, name).copy_(gain(t.get_submodule(norm)))
+            getattr(layer, name).copy_(gain(f"{family.layers}.{L}.{norm}"))
 
 
 def dataset_batches(dataset, batch_size: int = 8) -> Iterable[tuple[Tensor, Tensor | None]]:
@@ -131,7 +137,8 @@ def initialise_from_activations(model, dataset, calib_tokens: int) -> dict:
     projections to the width-pruned teacher. Returns what to record: the channels and the tokens used."""
     importance, seen = channel_importance(model.teacher, dataset_batches(dataset), model.kept_layers, calib_tokens)
     channels = select_channels(importance, model.lrc_config.target_hidden_size)
-    apply_channel_selection(model.projections, channels, model.teacher)
+    with model.teacher_tensors() as tensors:
+        apply_channel_selection(model.projections, channels, model.teacher, tensors)
     return {"channels": channels, "calib_tokens": seen}
 
 

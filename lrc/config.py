@@ -146,6 +146,14 @@ class LRCConfig:
         """Clone-term names computed for a non-banned layer."""
         return tuple(t for t in self.clone_terms() if t not in self.ban_losses)
 
+    def teacher_space_linears(self) -> tuple[str, ...]:
+        """The linear kinds (``lrc.families.Family.linear``) whose teacher weight a clone term reads again in the
+        student's pass: "o" for attn_out measured in the teacher's space, "down" for mlp_out under use_in_out_mlp
+        (a sharded teacher gives these matrices units of their own, ``lrc.sharded_teacher``)."""
+        active = self.active_clone_terms()
+        return (("o",) if ATTN_OUT in active and self.attn_out_space == "teacher" else ()) + (
+            ("down",) if MLP_OUT in active and self.use_in_out_mlp else ())
+
     def validate(self, teacher_config: Any | None = None) -> "LRCConfig":
         """Check the config on its own and, if given, against a transformers teacher config.
 

@@ -60,9 +60,17 @@ def projection_condition_summary(model) -> dict[str, float]:
 def hidden_state_ranks(model, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, float]:
     """``erank-{student,teacher}-{mid,final}`` on the real tokens of ``input_ids`` (B, S) (an ``LRCModel``)."""
     mid = (len(model.kept_layers) - 1) // 2  # a student layer before the last; its output: hidden_states[mid + 1]
-    kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=True)
-    t = model.teacher.get_submodule(model.family.backbone)(**kw)
-    s = model.student_backbone(model.student_weights(), **kw)
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    # the teacher's layer output by a hook, not output_hidden_states (which a sharded teacher's FSDP layers escape)
+    got: dict[str, Tensor] = {}
+    layer = model.teacher.get_submodule(f"{model.family.layers}.{model.kept_layers[mid]}")
+    hook = layer.register_forward_hook(lambda mod, args, out: got.setdefault("mid", out[0] if isinstance(out, tuple)
+                                                                              else out))
+    try:
+        t = model.teacher.get_submodule(model.family.backbone)(**kw)
+    finally:
+        hook.remove()
+    s = model.student_backbone(model.student_weights(), output_hidden_states=True, **kw)
     keep = None if attention_mask is None else attention_mask.reshape(-1).bool()
 
     def rows(h: Tensor) -> Tensor:
@@ -71,7 +79,7 @@ def hidden_state_ranks(model, input_ids: Tensor, attention_mask: Tensor | None =
 
     return {
         "erank-student-mid": effective_rank(rows(s.hidden_states[mid + 1])),
-        "erank-teacher-mid": effective_rank(rows(t.hidden_states[model.kept_layers[mid] + 1])),
+        "erank-teacher-mid": effective_rank(rows(got["mid"])),
         "erank-student-final": effective_rank(rows(s.last_hidden_state)),
         "erank-teacher-final": effective_rank(rows(t.last_hidden_state)),
     }

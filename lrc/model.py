@@ -20,7 +20,7 @@ teacher (frozen) and ``projections`` (trainable).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -30,25 +30,18 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from lrc import config as C
+from lrc.clone_terms import capture_teacher, student_losses
 from lrc.config import LRCConfig
 from lrc.families import family_of, is_tied, student_config
+from lrc.gathered_generation import plan_unit_generation
 from lrc.generate import generate_student_weights
 from lrc.generation_window import GenerationWindow
-from lrc.losses import clone_distance, fused_logit_losses
+from lrc.losses import fused_logit_losses
 from lrc.mlp_train import AuditRow, bases_fingerprint, core_bases, reachability_audit
 from lrc.positions import loss_positions
 from lrc.projections import LRCProjections
 from lrc.sharded_generation import ShardPlan, generate_sharded, generation_flops, plan_shards
-
-# Where each clone term is taken: (the linear kind of the decoder layer, "in" | "out": its input or its output). The
-# teacher's target is captured there, and the student's term is computed by a hook on the same module (the module's
-# path comes from the family, ``lrc.families.Family.linear``).
-_CAPTURE = {
-    C.ATTN_Q: ("q", "out"), C.ATTN_K: ("k", "out"), C.ATTN_V: ("v", "out"), C.ATTN_IN: ("q", "in"),
-    C.ATTN_OUT: ("o", "out"), C.MLP_GATE: ("gate", "out"), C.MLP_UP: ("up", "out"), C.MLP_IN: ("gate", "in"),
-    C.MLP_OUT: ("down", "out"),
-}
+from lrc.sharded_teacher import TeacherUnits
 
 
 @dataclass
@@ -79,20 +72,28 @@ class LRCOutput:
                    layer_terms={k: v.detach() for k, v in results.items()})
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path)
-
-
 class LRCModel(nn.Module):
-    """Teacher + LRC projections; ``forward(input_ids, attention_mask, labels) -> LRCOutput``."""
+    """Teacher + LRC projections; ``forward(input_ids, attention_mask, labels) -> LRCOutput``.
 
-    def __init__(self, teacher: PreTrainedModel, lrc: LRCConfig):
+    ``units``: the teacher sharded over the ranks (``lrc.sharded_teacher``, ``--shard_teacher``); the teacher is then
+    not a registered sub-module (DDP and DeepSpeed see the projections alone), and every read of its weights gathers
+    one unit at a time (``lrc.gathered_generation``).
+    """
+
+    def __init__(self, teacher: PreTrainedModel, lrc: LRCConfig, units: TeacherUnits | None = None):
         super().__init__()
         tcfg = teacher.config
         self.family = family_of(tcfg)
         lrc.validate(tcfg)
         self.lrc_config = lrc
-        self.teacher = teacher
+        self.units = units
+        if units is None:
+            self.teacher = teacher
+        else:
+            if set(lrc.teacher_space_linears()) - set(units.linears):
+                raise ValueError("the sharded teacher lacks units for the linears its clone terms read: "
+                                 f"{lrc.teacher_space_linears()}")
+            self.__dict__["teacher"] = teacher  # unregistered: FSDP manages it
         teacher.requires_grad_(False)
         teacher.eval()
         self.kept_layers = lrc.kept_layers(tcfg.num_hidden_layers)
@@ -107,7 +108,8 @@ class LRCModel(nn.Module):
         self._core_bases: dict[tuple[int, str], Tensor] | None = None
         self._core_fingerprint: str | None = None
         if lrc.mlp_train == "core":
-            self._core_bases = core_bases(dict(teacher.named_parameters()), self.kept_layers, self.family)
+            with self.teacher_tensors() as tparams:
+                self._core_bases = core_bases(tparams, self.kept_layers, self.family)
         self.student_config = student_config(tcfg, lrc)
         self.student_config._attn_implementation = tcfg._attn_implementation
         with torch.device("meta"):
@@ -131,6 +133,36 @@ class LRCModel(nn.Module):
         self._gc_hooks: list = []  # under gradient checkpointing: the last step's student hooks
         self._window: GenerationWindow | None = None  # the open accumulation window's weights
         self.shard_plan: ShardPlan | None = None  # set by ``plan_sharded_generation``
+        self._unit_generation = None if units is None else plan_unit_generation(self, units)
+        self._collected: dict[str, Tensor] | None = None  # a sharded teacher's forward's generated tensors
+
+    @contextmanager
+    def teacher_tensors(self):
+        """The teacher's tensors by name, for code that reads each once: gathered one unit at a time when sharded
+        (a collective: every rank reads the same names in the same order)."""
+        if self.units is None:
+            yield dict(self.teacher.named_parameters())
+        else:
+            with self.units.one_at_a_time() as view:
+                yield view
+
+    def meta_generation(self, names: list[str], teacher: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """``names`` generated from meta tensors of the teacher's shapes (``teacher``: those tensors) and meta
+        projections: the shapes, and which outputs depend on the projections (``requires_grad``)."""
+        if teacher is None:
+            teacher = {n: torch.empty(p.shape, dtype=p.dtype, device="meta")
+                       for n, p in self.teacher.named_parameters()}
+        tcfg = self.teacher.config
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            meta_proj = LRCProjections(tcfg.hidden_size, self.lrc_config.target_hidden_size, self.kept_layers,
+                                       self.lrc_config, intermediate=tcfg.intermediate_size,
+                                       gains=self.projections.gains)
+        bases = None if self._core_bases is None else {k: torch.empty_like(v, device="meta")
+                                                       for k, v in self._core_bases.items()}
+        dtype = self.teacher.get_input_embeddings().weight.dtype  # explicit: a generation then reads only what it uses
+        with torch.enable_grad():
+            return generate_student_weights(teacher, meta_proj, self.lrc_config, self.kept_layers, names,
+                                            self.teacher_tied, dtype=dtype, core_bases=bases, family=self.family)
 
     # ------------------------------------------------------------------ student weights
     @property
@@ -149,18 +181,37 @@ class LRCModel(nn.Module):
 
     def student_weights(self, dtype: torch.dtype | None = None, names: list[str] | None = None) -> dict[str, Tensor]:
         """Generate the student's parameters (standard HF names; ``names``: only these) from the teacher and
-        projections, on this process alone (no sharding)."""
+        projections, on this process alone (no sharded generation). A sharded teacher: gathered unit by unit (a
+        collective), without autograd, in the teacher's dtype."""
+        names = self._student_param_names if names is None else names
+        if self._unit_generation is not None:
+            if dtype not in (None, self.teacher.get_input_embeddings().weight.dtype):
+                raise ValueError("a sharded teacher generates the student's weights in its own dtype")
+            return self._unit_generation.all_weights(names)
         # Read the teacher's tensors at call time: accelerate / DeepSpeed may move or cast them.
         return generate_student_weights(dict(self.teacher.named_parameters()), self.projections, self.lrc_config,
-                                        self.kept_layers, self._student_param_names if names is None else names,
-                                        self.teacher_tied, dtype, core_bases=self.core_bases(), family=self.family)
+                                        self.kept_layers, names, self.teacher_tied, dtype, core_bases=self.core_bases(),
+                                        family=self.family)
 
     def _generate_for_training(self) -> dict[str, Tensor]:
-        """All student weights, with autograd: sharded over the node's ranks when a plan is set."""
+        """All student weights, with autograd: sharded over the node's ranks when a plan is set; from the tensors
+        the sharded teacher's forward generated (``self._collected``) when the teacher is sharded."""
+        if self._unit_generation is None:
+            def make(names):
+                return self.student_weights(names=names)
+        else:
+            def make(names):
+                return self._unit_generation.weights(self._collected, names)
         if self.shard_plan is None:
-            return self.student_weights()
-        return generate_sharded(lambda names: self.student_weights(names=names), self._student_param_names,
-                                self.shard_plan, self.trainable_parameters())
+            return make(self._student_param_names)
+        return generate_sharded(make, self._student_param_names, self.shard_plan, self.trainable_parameters())
+
+    def _generated_this_forward(self, window_end: bool | None) -> list[str] | None:
+        """The names ``training_weights`` will generate in this forward (None: none, the open window's are reused)."""
+        if window_end is not None and torch.is_grad_enabled() and self._window is not None:
+            return None
+        names = self._student_param_names
+        return names if self.shard_plan is None else self.shard_plan.generated_here(names)
 
     def training_weights(self, window_end: bool | None) -> dict[str, Tensor]:
         """The weights a training forward runs on.
@@ -183,22 +234,12 @@ class LRCModel(nn.Module):
     def plan_sharded_generation(self, group, rank: int, size: int) -> ShardPlan | None:
         """Split the matmul-generated student tensors over ``size`` ranks of ``group`` by FLOPs (None when there
         are fewer such tensors than ranks). Sets ``self.shard_plan``; every rank must compute the same plan."""
-        names = self._student_param_names
-        meta_teacher = {n: torch.empty_like(p, device="meta") for n, p in self.teacher.named_parameters()}
-        tcfg = self.teacher.config
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            meta_proj = LRCProjections(tcfg.hidden_size, self.lrc_config.target_hidden_size, self.kept_layers,
-                                       self.lrc_config, intermediate=tcfg.intermediate_size,
-                                       gains=self.projections.gains)
-        bases = None if self._core_bases is None else {k: torch.empty_like(v, device="meta")
-                                                       for k, v in self._core_bases.items()}
-        weights = generate_student_weights(meta_teacher, meta_proj, self.lrc_config, self.kept_layers, names,
-                                           self.teacher_tied, core_bases=bases, family=self.family)
+        weights = self.meta_generation(self._student_param_names)
         shapes = {n: tuple(w.shape) for n, w in weights.items() if w.dim() == 2 and w.requires_grad}
         if len(shapes) < size or size < 2:
             self.shard_plan = None
             return None
-        flops = generation_flops(shapes, tcfg.hidden_size)
+        flops = generation_flops(shapes, self.teacher.config.hidden_size)
         self.shard_plan = ShardPlan(group=group, rank=rank, size=size, owner=plan_shards(flops, size), shapes=shapes,
                                     flops=flops)
         return self.shard_plan
@@ -229,8 +270,9 @@ class LRCModel(nn.Module):
         ranks = None
         if self._core_bases is not None:  # the MLP ranks are known already
             ranks = {k: int(q.shape[1]) for k, q in self._core_bases.items()}
-        return reachability_audit(dict(self.teacher.named_parameters()), self.kept_layers, lrc.target_hidden_size,
-                                  lrc.mlp_train, self.teacher_tied, lrc.tie_word_emb_proj, ranks, self.family)
+        with self.teacher_tensors() as tparams:
+            return reachability_audit(tparams, self.kept_layers, lrc.target_hidden_size, lrc.mlp_train,
+                                      self.teacher_tied, lrc.tie_word_emb_proj, ranks, self.family)
 
     def student_logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Full (B, S, V) logits of the training-time student (for checks and evaluation)."""
@@ -276,85 +318,6 @@ class LRCModel(nn.Module):
 
         return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
-    # ------------------------------------------------------------------ hooks
-    @contextmanager
-    def _capture_teacher(self, store: dict):
-        handles = []
-        layers = self.teacher.get_submodule(self.family.layers)
-        banned_layers = set(self.lrc_config.ban_layers)
-        for L in self.kept_layers:
-            if L in banned_layers:
-                continue
-            for term in self.lrc_config.active_clone_terms():
-                kind, side = _CAPTURE[term]
-                path = self.family.linear(kind)
-
-                def hook(mod, args, out, L=L, term=term, side=side):
-                    store[(L, term)] = args[0] if side == "in" else out
-
-                handles.append(_get(layers[L], path).register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
-    def _student_term(self, L: int, term: str, args, out: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(student tensor, target tensor) of one clone term for teacher layer L."""
-        lrc, proj = self.lrc_config, self.projections.layers[str(L)]
-        if term in (C.ATTN_Q, C.ATTN_K, C.ATTN_V, C.MLP_GATE, C.MLP_UP):
-            return out, target
-        if term == C.ATTN_IN:  # u_S A^T vs u_T
-            return args[0] @ proj.qkv.to(args[0].dtype).t(), target
-        if term == C.MLP_IN:  # w_S A_m^T vs w_T
-            return args[0] @ proj.mlp_in.to(args[0].dtype).t(), target
-        if term == C.ATTN_OUT:
-            o = self.teacher.get_submodule(f"{self.family.layers}.{L}.{self.family.linear('o')}")
-            if lrc.attn_out_space == "teacher":  # a_S W_o^T (+ b_o) vs o_T, width d
-                return nn.functional.linear(args[0], o.weight, o.bias), target
-            return out, nn.functional.linear(target, proj.o.to(target.dtype))  # o_S vs o_T C_o^T
-        if term == C.MLP_OUT:
-            if lrc.use_in_out_mlp:  # teacher space: (student FFN inner) W_d^T vs f_T
-                dn = self.teacher.get_submodule(f"{self.family.layers}.{L}.{self.family.linear('down')}")
-                return nn.functional.linear(args[0], dn.weight, dn.bias), target
-            return out, nn.functional.linear(target, proj.down.to(target.dtype))  # f_S vs f_T C_d^T
-        raise AssertionError(term)
-
-    @contextmanager
-    def _student_losses(self, store: dict, results: dict, mask: Tensor | None):
-        lrc = self.lrc_config
-        handles = []
-        layers = self.student.get_submodule(self.family.layers)
-        banned_layers = set(lrc.ban_layers)
-        grad_ctx = torch.enable_grad if lrc.use_aux_loss else torch.no_grad
-        for j, L in enumerate(self.kept_layers):
-            if L in banned_layers:
-                continue
-            for term in lrc.active_clone_terms():
-
-                def hook(mod, args, out, L=L, term=term):
-                    # Without checkpointing the target is dropped once used; with it, the backward
-                    # replay of the layer recomputes the same term (and only the first value counts).
-                    target = store.get((L, term)) if self.gradient_checkpointing else store.pop((L, term), None)
-                    if target is None:
-                        return
-                    with grad_ctx():
-                        s, t = self._student_term(L, term, args, out, target)
-                        # Without checkpointing nothing reads the popped target again: reuse it.
-                        d = clone_distance(s, t, lrc.aux_loss_type, mask,
-                                           target_is_scratch=not self.gradient_checkpointing)
-                    results.setdefault((L, term), d)
-
-                handles.append(_get(layers[j], self.family.linear(_CAPTURE[term][0])).register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            if self.gradient_checkpointing:
-                self._gc_hooks = handles  # removed at the next forward, after this step's backward
-            else:
-                for h in handles:
-                    h.remove()
-
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None, window_end: bool | None = None, **unused) -> LRCOutput:
@@ -380,18 +343,27 @@ class LRCModel(nn.Module):
             h.remove()
         self._gc_hooks = []
         store: dict = {}
-        with torch.no_grad(), self._capture_teacher(store):
+        # a sharded teacher: the weights are generated inside its forward, each unit while it is gathered
+        names = None if self.units is None else self._generated_this_forward(window_end)
+        collecting = nullcontext({}) if names is None else \
+            self._unit_generation.collecting(names, graph=torch.is_grad_enabled())
+        with torch.no_grad(), capture_teacher(self, store), collecting as collected:
             h_t = self.teacher.get_submodule(self.family.backbone)(**fwd_kwargs).last_hidden_state  # (B, S, d)
 
-        weights = self.training_weights(window_end)
+        self._collected = collected
+        try:
+            weights = self.training_weights(window_end)
+        finally:
+            self._collected = None
         results: dict = {}
-        with self._student_losses(store, results, mask):
+        with student_losses(self, store, results, mask):
             h_s = self.student_backbone(weights, **fwd_kwargs).last_hidden_state
         if not self.gradient_checkpointing:
             store.clear()
 
         u_s = weights.get(f"{self.family.head}.weight", weights[f"{self.family.embed}.weight"])  # (V, d_s)
-        u_t = self.teacher.get_output_embeddings().weight  # (V, d)
+        u_t = (self.teacher.get_output_embeddings().weight if self.units is None  # (V, d)
+               else self.units.head_weight() if lrc.use_logits_loss else None)
         n_ce, kl_div = pos.n_ce, pos.kl_divisor
         loss, ce_sum, kl_sum = fused_logit_losses(
             h_s.reshape(B * S, -1), u_s, targets.reshape(-1),
@@ -401,6 +373,8 @@ class LRCModel(nn.Module):
             w_kl=(1.0 if lrc.use_logits_loss else 0.0) / kl_div,
             tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens, softcap=self.logit_softcap,
         )
+        if self.units is not None:  # the embedding and head were gathered for the forward and the KL
+            self.units.release_edges()
         ce = ce_sum / n_ce
         kl = kl_sum / kl_div
 
@@ -409,3 +383,4 @@ class LRCModel(nn.Module):
         if lrc.use_aux_loss and results:
             loss = loss + clone
         return LRCOutput.from_results(loss, ce, kl, clone, results)
+

@@ -56,6 +56,10 @@ class ShardPlan:
         """The sharded names, grouped by owner (the all-gather layout)."""
         return [n for r in range(self.size) for n in self.names_of(r)]
 
+    def generated_here(self, names: list[str]) -> list[str]:
+        """Of the student's ``names``, those this rank generates: the unsharded ones, then its own share."""
+        return [n for n in names if n not in self.owner] + self.names_of(self.rank)
+
     def names_of(self, rank: int) -> list[str]:
         return sorted(n for n, o in self.owner.items() if o == rank)
 
@@ -173,8 +177,7 @@ def generate_sharded(generate: Callable[[list[str]], dict[str, Tensor]], names: 
     ``params``: every trainable tensor, in the same order on every rank. A collective: every rank of
     ``plan.group`` calls it, and its backward, at the same point."""
     mine = plan.names_of(plan.rank)
-    local = [n for n in names if n not in plan.owner]
-    generated = generate(local + mine)
+    generated = generate(plan.generated_here(names))
     shapes = {n: torch.Size(s) for n, s in plan.shapes.items()}
     gathered = _GatherShards.apply(plan, shapes, [generated[n] for n in mine], *params)
     full = dict(zip(plan.order, gathered))

@@ -1,9 +1,9 @@
 """Conversion: fold the projections into a standalone, standard HF student checkpoint.
 
-``convert_checkpoint`` reads a self-describing LRC checkpoint (or an official-code one), rebuilds the
-LRC model on the teacher in fp32, generates the student weights with the *same* function training
-uses (``lrc.generate.generate_student_weights``), loads them into the student's standard HF class
-and saves it in the teacher's dtype, with the teacher's tokenizer and generation config.
+``convert_checkpoint`` reads a self-describing LRC checkpoint (or an official-code one), generates the student
+weights with the *same* function training uses (``lrc.generate.generate_student_weights``, in fp32, one tensor at a
+time from the teacher tensors it reads: ``lrc.after.fold``), stores them in the student's standard HF class in the
+output dtype (default: the teacher's) and saves it with the teacher's tokenizer and generation config.
 
 The output is built in a temporary sibling directory and renamed at the end: on any error nothing
 is left at ``save_path``. What conversion protects (``check_save_path``, ``SourceInfo``):
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from lrc.after.convert_checks import (
     CONVERSION_RECORD,
@@ -43,29 +43,19 @@ from lrc.after.convert_checks import (
     check_finite_output,
     check_save_path,
 )
+from lrc.after.fold import build_student, fold, teacher_path_of
 from lrc.checkpoint import (
     WEIGHTS_NAME,
     CheckpointError,
-    TeacherRef,
-    core_basis_note,
-    infer_official_variant,
     list_checkpoints,
-    load_into_projections,
     load_lrc_checkpoint,
-    official_to_ours,
 )
-from lrc.config import LRCConfig
-from lrc.families import family_of
 from lrc.files import atomic_dir
-from lrc.model import LRCModel
 from lrc.teacher import (
     find_tokenizer,
     load_causal_lm,
-    load_teacher,
     load_teacher_config,
     load_tokenizer,
-    teacher_fingerprint,
-    weights_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -181,106 +171,7 @@ def export_as_llama(student: torch.nn.Module) -> LlamaForCausalLM:
     return llama.eval()
 
 
-def _normalise(name: str, v: Any) -> Any:
-    if name in ("use_all_attn", "use_in_out_mlp", "tie_word_emb_proj"):
-        return bool(v)
-    if name == "del_layers":
-        return LRCConfig(target_hidden_size=1, del_layers=v).del_layers
-    if name == "target_rms_norm_eps":
-        return float(v)
-    return v
 
-
-def resolve_config(ckpt, flags: dict[str, Any]) -> LRCConfig:
-    """The LRC config of a checkpoint, with user flags checked (ours) or applied (official)."""
-    flags = {k: _normalise(k, v) for k, v in flags.items() if v is not None}
-    if not ckpt.official:
-        stored = ckpt.lrc.to_dict()
-        for k, v in flags.items():
-            have = _normalise(k, stored[k])
-            if have != v:
-                raise ConversionError(
-                    f"--{k.replace('_', '-')}={v!r} contradicts the checkpoint's stored {k}={have!r} "
-                    f"({ckpt.path}); drop the flag, the checkpoint describes itself"
-                )
-        return ckpt.lrc
-    inferred = infer_official_variant(ckpt.weights)
-    for k in ("target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_word_emb_proj"):
-        if k in flags and flags[k] != inferred[k]:
-            raise ConversionError(
-                f"--{k.replace('_', '-')}={flags[k]!r} contradicts the official checkpoint's tensors, "
-                f"which imply {k}={inferred[k]!r} ({ckpt.path})"
-            )
-    kw = {k: inferred[k] for k in ("target_hidden_size", "use_all_attn", "use_in_out_mlp", "tie_word_emb_proj")}
-    for k in ("target_rms_norm_eps", "del_layers"):
-        if k in flags:
-            kw[k] = flags[k]
-    return LRCConfig(**kw)
-
-
-def teacher_path_of(ckpt, raw_model_name: str | None) -> str:
-    """The teacher to fold against: ``--raw-model-name``, else the path stored in the checkpoint (which must still
-    exist: a moved teacher is named as such, with the flag to pass)."""
-    if raw_model_name:
-        return raw_model_name
-    stored = ckpt.teacher.name_or_path if ckpt.teacher else None
-    if not stored:
-        raise ConversionError(f"{ckpt.path} is an official-code checkpoint: pass --raw-model-name TEACHER")
-    if os.path.isabs(stored) and not os.path.exists(stored):
-        raise ConversionError(f"the teacher path stored in {ckpt.path}, {stored!r}, does not exist (moved or deleted?): "
-                              f"pass --raw-model-name with its new path (it is checked against the checkpoint's "
-                              f"teacher fingerprints)")
-    return stored
-
-
-def build_student(ckpt_path: str, raw_model_name: str | None = None, flags: dict[str, Any] | None = None,
-                  ckpt=None):
-    """Return (student model in fp32, teacher path, LRC config, LRC model) for a checkpoint (``ckpt``: the
-    ``LRCCheckpoint`` of ``ckpt_path`` when already loaded).
-
-    The LRC model's ``student_logits`` is the training-time student; the returned HF model is the
-    folded one (used by tests to prove equality).
-    """
-    ckpt = ckpt if ckpt is not None else load_lrc_checkpoint(ckpt_path)
-    lrc = resolve_config(ckpt, flags or {})
-    teacher_path = teacher_path_of(ckpt, raw_model_name)
-    tcfg = load_teacher_config(teacher_path)
-    family_of(tcfg)
-    if ckpt.teacher is not None:
-        now = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type,
-                         weights_fingerprint(teacher_path) if ckpt.teacher.weights_hash else "")
-        why = ckpt.teacher.mismatch(now)
-        if why:
-            raise ConversionError(f"teacher mismatch: {ckpt.path} was trained against teacher "
-                                  f"{ckpt.teacher.describe()}, but {now.describe()} has {why}")
-    lrc.validate(tcfg)
-    teacher = load_teacher(teacher_path, dtype=torch.float32)
-    model = LRCModel(teacher, lrc)
-    weights = ckpt.weights
-    if ckpt.official:
-        weights = official_to_ours(weights, lrc, model.kept_layers)
-    load_into_projections(model.projections, weights, f"checkpoint {str(ckpt.path)!r}")
-    note = core_basis_note(ckpt.core_basis, model.core_bases_fingerprint(), ckpt.path)
-    if note:
-        log.warning(note)
-    student = fold(model)
-    return student, teacher_path, lrc, model
-
-
-@torch.no_grad()
-def fold(model: LRCModel) -> torch.nn.Module:
-    """The student as a standalone HF model (fp32): generated weights loaded into its real class."""
-    weights = model.student_weights(dtype=torch.float32)
-    student = AutoModelForCausalLM.from_config(model.student_config, dtype=torch.float32)
-    params = dict(student.named_parameters())
-    if set(params) != set(weights):
-        raise ConversionError(
-            f"generated weights do not match the student class: missing {sorted(set(params) - set(weights))}, "
-            f"unexpected {sorted(set(weights) - set(params))}"
-        )
-    for k, p in params.items():
-        p.copy_(weights[k])
-    return student.eval()
 
 
 def _teacher_dtype(teacher_path: str) -> torch.dtype:
@@ -330,11 +221,11 @@ def convert_checkpoint(ckpt_path: str, save_path: str, raw_model_name: str | Non
     check_save_path(out, overwrite, source=source.weights.parent, teacher=Path(teacher_path))
     for note in source.notes:
         log.warning(note)
-    student, teacher_path, lrc, _ = build_student(str(source.weights), raw_model_name, flags, ckpt=ckpt)
+    target_dtype = target_dtype or _teacher_dtype(teacher_path)
+    student, teacher_path, lrc = build_student(str(source.weights), raw_model_name, flags, ckpt=ckpt,
+                                               dtype=target_dtype)
     if export_arch == "llama":
         student = export_as_llama(student)
-    target_dtype = target_dtype or _teacher_dtype(teacher_path)
-    student.to(target_dtype)
     check_finite_output(student, source)
     try:
         student.generation_config = GenerationConfig.from_pretrained(*_gen_src(teacher_path))

@@ -49,6 +49,14 @@ SHAPES = {
         hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
         vocab_size=151936, tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=32768,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "smollm2-360m": lambda: LlamaConfig(
+        hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+        head_dim=64, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),
+    "tinyllama-1.1b": lambda: LlamaConfig(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+        head_dim=64, vocab_size=32000, tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=2048,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
     "smollm2-135m": lambda: LlamaConfig(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
         head_dim=64, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=8192,
@@ -461,6 +469,7 @@ def lrc_phases(lrc, opt, ids, device, iters: int) -> dict:
     the clone terms' forward, also given alone), fused KL/CE (forward, which also computes its
     gradients), then backward (all of it: student, clone terms, weight generation) and AdamW.
     """
+    import lrc.clone_terms as clone_terms
     import lrc.model as lrc_model
 
     acc: dict[str, list[float]] = {}
@@ -487,8 +496,8 @@ def lrc_phases(lrc, opt, ids, device, iters: int) -> dict:
     patch(tm, "forward", "teacher_forward")
     patch(lrc, "student_weights", "weight_generation_forward")
     patch(lrc_model, "functional_call", "student_forward_with_clone_terms")
-    patch(lrc_model, "clone_distance", "clone_terms_forward")
-    patch(lrc, "_student_term", "clone_terms_forward")
+    patch(clone_terms, "clone_distance", "clone_terms_forward")
+    patch(clone_terms, "student_term", "clone_terms_forward")
     patch(lrc_model, "fused_logit_losses", "kl_ce_fused")
     rows = []
     try:

@@ -20,8 +20,7 @@ FlagError = OptionError
 """A command-line flag is unknown, malformed or contradicts another (one-line message)."""
 
 METHOD_ALIASES = {"distill": "lrc"}
-"""Other spellings of ``--model_cls`` values (the official ``distill`` is LRC; the registry is
-``lrc.training.methods``)."""
+"""Other spellings of ``--model_cls`` values (the official ``distill`` is LRC; registry: ``lrc.training.methods``)."""
 
 
 def canonical_method_name(name: str) -> str:
@@ -148,15 +147,16 @@ class Optimisation:
     """teacher/student attention kernel (sdpa, eager, flash_attention_2; default: transformers') [official:
     flash_attention_2]"""
     gradient_checkpointing: bool = False
-    """recompute each student layer (and its clone terms) in backward: less activation memory, ~1 more student
-    forward per step"""
+    """recompute each student layer (and its clone terms) in backward: less memory, ~1 more student forward"""
     generation_once_per_step: bool = True
     """generate the student's weights once per optimizer step under gradient accumulation (exact; W_S and its
     gradient then live across the micro-batches); false: once per micro-batch, for debugging"""
     shard_generation: str = "auto"
-    """auto | on | off: each data-parallel rank of a node generates only its share of the student's weights, then
-    they are all-gathered (exact; auto: on with several GPU processes per node); docs/TRAINING.md, Where student
-    weights are generated"""
+    """auto | on | off: each data-parallel rank of a node generates its share of the student's weights, all-gathered
+    after (exact; auto: on with 2+ GPU processes per node); docs/TRAINING.md, Where student weights are generated"""
+    shard_teacher: bool = False
+    """shard the frozen teacher over the processes (torch FSDP2), one decoder layer gathered at a time: teachers
+    larger than one GPU (safetensors, 2+ processes, lrc); docs/TRAINING.md, Teachers larger than one GPU"""
     num_workers: int = 0
     """DataLoader workers [official: 8]"""
 

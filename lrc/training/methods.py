@@ -53,8 +53,9 @@ class Method:
         """The attention kernel the teacher and student run with."""
         return cfg.optim.attn_implementation
 
-    def build_model(self, teacher, cfg: TrainConfig) -> nn.Module:
-        """The trained model around the frozen ``teacher`` (its ``trainable_parameters()`` are what trains)."""
+    def build_model(self, teacher, cfg: TrainConfig, units=None) -> nn.Module:
+        """The trained model around the frozen ``teacher`` (its ``trainable_parameters()`` are what trains);
+        ``units``: the teacher sharded (``lrc.sharded_teacher.TeacherUnits``, ``--shard_teacher``)."""
         raise NotImplementedError
 
     def starts_from_activations(self, cfg: TrainConfig) -> bool:
@@ -94,10 +95,10 @@ class LRCMethod(Method):
         if cfg.run.calib_data and not self.starts_from_activations(cfg):
             warn("--calib_data is used by --proj_init activation only; it is ignored")
 
-    def build_model(self, teacher, cfg: TrainConfig) -> nn.Module:
+    def build_model(self, teacher, cfg: TrainConfig, units=None) -> nn.Module:
         from lrc.model import LRCModel
 
-        model = LRCModel(teacher, cfg.method)
+        model = LRCModel(teacher, cfg.method, units)
         model.projections.float()  # fp32 master weights whatever the teacher's dtype
         if cfg.optim.gradient_checkpointing:
             model.enable_gradient_checkpointing()
@@ -178,6 +179,9 @@ class BaselineMethod(Method):
                               *(() if uses_kl else ("kl_temperature", "kl_reduction", "use_logits_loss")))
 
     def check(self, cfg: TrainConfig) -> None:
+        if cfg.optim.shard_teacher:
+            raise OptionError(f"--shard_teacher true applies to --model_cls lrc; {self.name} trains a standard student "
+                              f"against a whole teacher")
         for k in ("load_model_weight_path", "init_from"):
             if getattr(cfg.ckpt, k):
                 raise OptionError(f"--{k} loads LRC projections; it cannot start --model_cls {self.name} "
@@ -192,7 +196,7 @@ class BaselineMethod(Method):
             return "eager"  # the attention-map loss needs the maps
         return cfg.optim.attn_implementation
 
-    def build_model(self, teacher, cfg: TrainConfig) -> nn.Module:
+    def build_model(self, teacher, cfg: TrainConfig, units=None) -> nn.Module:
         from lrc.baselines import BaselineConfig, BaselineModel
 
         model = BaselineModel(teacher, BaselineConfig(self.name, cfg.method, attn_loss=cfg.run.tiny_bert_attn_loss))

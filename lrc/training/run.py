@@ -125,13 +125,23 @@ def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, tcfg, traine
     plan.record["train_sequences"] = len(train_ds)
 
     t0 = time.time()
-    teacher = load_teacher(teacher_path, dtype=torch.bfloat16 if args.bf16 else torch.float32,
-                           attn_implementation=method.attn_implementation(cfg), config=tcfg)
-    say(f"teacher {r.raw_model_name} loaded in {time.time() - t0:.0f}s: "
-        f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params, {tcfg.num_hidden_layers} layers, hidden "
-        f"{tcfg.hidden_size} -> student {cfg.method.target_hidden_size}")
+    dtype, attn = torch.bfloat16 if args.bf16 else torch.float32, method.attn_implementation(cfg)
+    units = None
+    if cfg.optim.shard_teacher:
+        from lrc.sharded_teacher import load_sharded_teacher, teacher_mesh
+
+        units = load_sharded_teacher(teacher_path, tcfg, teacher_mesh(args.device), dtype, args.device, attn,
+                                     cfg.method.teacher_space_linears())
+        teacher = units.teacher
+    else:
+        teacher = load_teacher(teacher_path, dtype=dtype, attn_implementation=attn, config=tcfg)
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    say(f"teacher {r.raw_model_name} loaded in {time.time() - t0:.0f}s: {n_teacher / 1e6:.1f}M params, "
+        f"{tcfg.num_hidden_layers} layers, hidden {tcfg.hidden_size} -> student {cfg.method.target_hidden_size}"
+        + ("" if units is None else f"; sharded over {units.size} processes (FSDP2): {units.local_numel() / 1e6:.1f}M "
+           f"params on each, one decoder layer gathered at a time"))
     set_seed(cfg.optim.seed)  # the projection / student init
-    model = method.build_model(teacher, cfg)
+    model = method.build_model(teacher, cfg, units)
     if method.starts_from_activations(cfg) and plan.checkpoint is None:
         t0 = time.time()
         init = method.initialise(model, dataset(r.calib_data) if r.calib_data else train_ds, cfg)
@@ -142,7 +152,7 @@ def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, tcfg, traine
     elif plan.checkpoint is not None and plan.stored and "proj_init" in plan.stored:
         plan.record["proj_init"] = plan.stored["proj_init"]  # the resumed run's start, kept in its record
     method.warm_start(model, cfg, plan.record, resuming=plan.checkpoint is not None)
-    if main:
+    if main or units is not None:  # a sharded teacher's tensors are gathered by every rank together
         audit = method.audit(model, cfg)
         if audit is not None:
             plan.record["reachability_audit"] = audit
@@ -232,22 +242,33 @@ def build_training_args(cfg: TrainConfig, cuda: bool):
         dataloader_num_workers=o.num_workers, remove_unused_columns=False, ddp_find_unused_parameters=False,
         use_cpu=not cuda,  # on CPU this is what makes DDP / DeepSpeed really use several processes
     )
-    _check_parallelism(args)
+    _check_parallelism(args, cfg)
     return args
 
 
-def _check_parallelism(args) -> None:
+def _check_parallelism(args, cfg: TrainConfig) -> None:
+    """The launch's parallelism against the run's flags; each refusal is one line naming the way that works."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     from lrc.cli.options import OptionError
 
     if is_deepspeed_zero3_enabled():
-        raise OptionError("DeepSpeed ZeRO-3 is not supported: the student's weights are generated from teacher "
-                          "tensors read outside their modules' forward, which partitioned parameters do not allow; "
-                          "use ZeRO-2 (configs/accel_ds_zero2_8gpu.yaml)")
+        raise OptionError("DeepSpeed ZeRO-3 is not supported: LRC reads teacher tensors outside their modules' "
+                          "forward; to shard the teacher use --shard_teacher true with a DDP or ZeRO-2 config "
+                          "(configs/accel_shard_teacher_8gpu.yaml)")
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or args.fsdp:
-        raise OptionError("FSDP is not supported (same reason as ZeRO-3: teacher tensors are read outside their "
-                          "modules' forward); use DDP or DeepSpeed ZeRO-2")
+        raise OptionError("an FSDP accelerate config is not supported: the projections train under DDP or DeepSpeed "
+                          "ZeRO-2; to shard the teacher use --shard_teacher true "
+                          "(configs/accel_shard_teacher_8gpu.yaml)")
+    if not cfg.optim.shard_teacher:
+        return
+    if cfg.run.raw_model_name.endswith(".gguf"):
+        raise OptionError(f"--shard_teacher true reads the teacher's rows from safetensors files; "
+                          f"--raw_model_name {cfg.run.raw_model_name} is a .gguf file (save it with save_pretrained "
+                          f"first)")
+    if args.world_size < 2:
+        raise OptionError("--shard_teacher true needs 2 or more processes (one process holds the whole teacher "
+                          "anyway): accelerate launch --config_file configs/accel_shard_teacher_8gpu.yaml ...")
 
 
 def _check_free_space(out: Path, model, deepspeed: bool) -> None:
