@@ -199,12 +199,12 @@ def one_process_group():
     dist.destroy_process_group()
 
 
-def _load_sharded(path, linears=("o",)):
+def _load_sharded(path, linears=("o",), dtype=torch.float32):
     from lrc.sharded_teacher import load_sharded_teacher, teacher_mesh
     from lrc.teacher import load_teacher_config
 
     return load_sharded_teacher(str(path), load_teacher_config(str(path)), teacher_mesh(torch.device("cpu")),
-                                torch.float32, torch.device("cpu"), "eager", linears)
+                                dtype, torch.device("cpu"), "eager", linears)
 
 
 def test_one_process_equals_whole(one_process_group, tmp_path):
@@ -230,6 +230,32 @@ def test_one_process_equals_whole(one_process_group, tmp_path):
     ws, ss = whole.student_weights(), sharded.student_weights()
     assert ws.keys() == ss.keys() and all(torch.equal(ws[k], ss[k]) for k in ws)
     assert units.gathered_numel() == 0
+
+
+def test_one_process_bf16_equals_whole(one_process_group, tmp_path):
+    """A bf16 teacher (the GPU setting; fp32 files converted while each rank reads its rows): the same loss and
+    gradients as the whole teacher loaded in bf16."""
+    from lrc.config import LRCConfig
+    from lrc.model import LRCModel
+    from lrc.teacher import load_teacher
+
+    path = save_teacher(tiny_teacher("llama", tied=False, layers=2), tmp_path / "t")
+    cfg = LRCConfig(target_hidden_size=32)
+    whole = LRCModel(load_teacher(path, dtype=torch.bfloat16, attn_implementation="eager"), cfg)
+    units = _load_sharded(path, cfg.teacher_space_linears(), dtype=torch.bfloat16)
+    sharded = LRCModel(units.teacher, cfg, units=units)
+    for m in (whole, sharded):
+        m.projections.float()
+    sharded.projections.load_state_dict(whole.projections.state_dict())
+    ids = torch.randint(3, 101, (2, 10), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for m in (whole, sharded):
+        out = m(ids)
+        out.loss.backward()
+        losses.append(out.loss.item())
+    assert losses[0] == losses[1] and units.teacher.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(whole.projections.parameters(),
+                                                          sharded.projections.parameters()))
 
 
 def _damage(path: Path, how: str) -> None:
