@@ -90,7 +90,8 @@ def runs(tmp_path_factory):
                 "qwen2": save_teacher(tiny_teacher("qwen2", tied=True, layers=3), tmp / "qwen2")}
     out = {"tmp": tmp, "assets": assets, "teachers": teachers, "flags": {}}
     cases = {
-        "llama": ({"proj_init": "activation", "diagnostics_steps": 2}, "accel_cpu_shard_teacher_2proc.yaml"),
+        "llama": ({"proj_init": "activation", "diagnostics_steps": 2, "eval_dataset": assets["heldout"],
+                   "eval_steps": 2}, "accel_cpu_shard_teacher_2proc.yaml"),
         "qwen2": ({"gradient_accumulation_steps": 2, "mlp_train": "core", "shard_generation": "on"},
                   "accel_cpu_ds_zero2_2proc.yaml"),
     }
@@ -111,8 +112,8 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_training_equals_whole_teacher(runs, family):
-    """Every logged value (loss, CE, KL, each clone term, the diagnostics) and the final projections equal the
-    whole-teacher run's; the activation-aware init chose the same channels."""
+    """Every logged value (loss, CE, KL, each clone term, the diagnostics, the evaluation) and the final projections
+    equal the whole-teacher run's; the activation-aware init chose the same channels."""
     (whole, _), (sharded, said) = runs[f"{family}_whole"], runs[f"{family}_sharded"]
     assert "sharded over 2 processes (FSDP2)" in said
     a, b = train_logs(whole), train_logs(sharded)
@@ -123,8 +124,11 @@ def test_training_equals_whole_teacher(runs, family):
         assert x.keys() == y.keys()
         for k in keys + [k for k in x if k.startswith(("erank-", "cond-"))]:
             assert y[k] == pytest.approx(x[k], rel=1e-5), (k, x[k], y[k])
-    if family == "llama":  # the activation init (calibrated through the sharded teacher) and the diagnostics ran
+    if family == "llama":  # the activation init (calibrated through the sharded teacher), diagnostics, evaluation
         assert [h for h in b if "erank-teacher-final" in h]
+        evals = [[h["eval_loss"] for h in json.loads((d / "trainer_state.json").read_text())["log_history"]
+                  if "eval_loss" in h] for d in (whole, sharded)]
+        assert len(evals[0]) == 2 and evals[1] == pytest.approx(evals[0], rel=1e-5)
         init = [json.loads((d / "run_config.json").read_text())["proj_init"] for d in (whole, sharded)]
         assert init[0]["channels"] == init[1]["channels"] and len(init[0]["channels"]) == 32
     wa, wb = weights(whole), weights(sharded)
