@@ -101,11 +101,6 @@ class TeacherUnits:
         finally:
             mod.reshard()
 
-    def reshard_all(self) -> None:
-        """Free every gathered unit (a no-op for those already sharded)."""
-        for unit in self.order:
-            self.module(unit).reshard()
-
     def release_edges(self) -> None:
         """Free the backbone (the final norm: FSDP's root, which FSDP keeps gathered after its forward) and the head
         (``head_weight``: the embedding when tied)."""
@@ -113,8 +108,7 @@ class TeacherUnits:
         self.module(self.family.embed if self.tied else self.family.head).reshard()
 
     def head_weight(self) -> Tensor:
-        """The teacher's (V, d) head, gathered (the embedding when tied; the caller frees an untied head's with
-        ``module(family.head).reshard()``)."""
+        """The teacher's (V, d) head, gathered (the embedding when tied), until ``release_edges``."""
         fam = self.family
         unit = fam.embed if self.tied else fam.head
         self.module(unit).unshard()
