@@ -20,9 +20,9 @@ teacher (frozen) and ``projections`` (trainable).
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.utils.checkpoint
@@ -152,6 +152,16 @@ class LRCModel(nn.Module):
         if teacher is None:
             teacher = {n: torch.empty(p.shape, dtype=p.dtype, device="meta")
                        for n, p in self.teacher.named_parameters()}
+        meta_proj, bases = self._meta_inputs
+        dtype = self.teacher.get_input_embeddings().weight.dtype  # explicit: a generation then reads only what it uses
+        with torch.enable_grad():
+            return generate_student_weights(teacher, meta_proj, self.lrc_config, self.kept_layers, names,
+                                            self.teacher_tied, dtype=dtype, core_bases=bases, family=self.family)
+
+    @functools.cached_property
+    def _meta_inputs(self) -> tuple[LRCProjections, dict | None]:
+        """Meta projections and CORE bases of this model's shapes (no storage), built once for ``meta_generation``
+        (which a sharded teacher's plan calls once per student tensor). Not registered: outside the optimizer."""
         tcfg = self.teacher.config
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             meta_proj = LRCProjections(tcfg.hidden_size, self.lrc_config.target_hidden_size, self.kept_layers,
@@ -159,10 +169,7 @@ class LRCModel(nn.Module):
                                        gains=self.projections.gains)
         bases = None if self._core_bases is None else {k: torch.empty_like(v, device="meta")
                                                        for k, v in self._core_bases.items()}
-        dtype = self.teacher.get_input_embeddings().weight.dtype  # explicit: a generation then reads only what it uses
-        with torch.enable_grad():
-            return generate_student_weights(teacher, meta_proj, self.lrc_config, self.kept_layers, names,
-                                            self.teacher_tied, dtype=dtype, core_bases=bases, family=self.family)
+        return meta_proj, bases
 
     # ------------------------------------------------------------------ student weights
     @property
@@ -300,7 +307,7 @@ class LRCModel(nn.Module):
         """
         for layer in self.student.get_submodule(self.family.layers):
             layer.gradient_checkpointing = True
-            layer._gradient_checkpointing_func = partial(self._checkpoint_layer, layer)
+            layer._gradient_checkpointing_func = functools.partial(self._checkpoint_layer, layer)
         self.gradient_checkpointing = True
 
     def _checkpoint_layer(self, layer: nn.Module, fn, *args):

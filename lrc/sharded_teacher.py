@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lrc.families import Family, family_of, is_tied
-from lrc.teacher import TeacherError, weight_files
+from lrc.teacher import TeacherError, allocate, empty_causal_lm, weight_files
 
 
 class TeacherUnits:
@@ -189,10 +189,7 @@ def load_sharded_teacher(path: str, config, mesh, dtype: torch.dtype, device: to
     """Build the teacher of ``path`` (a directory of safetensors files) sharded over ``mesh``, each rank reading
     only its rows of each tensor; frozen, in eval mode. ``config``: its config (``lrc.teacher.load_teacher_config``).
     TeacherError names the file and tensor when something is missing, mis-shaped or not finite."""
-    import copy
 
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
 
     if Path(path).suffix == ".gguf" or not Path(path).is_dir():
         raise TeacherError(f"--shard_teacher reads the teacher's rows from safetensors files: {path!r} is not a model "
@@ -201,16 +198,10 @@ def load_sharded_teacher(path: str, config, mesh, dtype: torch.dtype, device: to
     unsafe = [f.name for f in files if f.suffix != ".safetensors"]
     if unsafe:
         raise TeacherError(f"--shard_teacher reads safetensors files only; {path!r} holds {', '.join(unsafe)}")
-    cfg = copy.deepcopy(config)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    with init_empty_weights(include_buffers=False):
-        teacher = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kw)
-    teacher.eval()
-    buffers = {n: b.to(device) for n, b in teacher.named_buffers()}
+    teacher = empty_causal_lm(config, dtype, **kw).eval()
     units = TeacherUnits(teacher, mesh, linears)
-    teacher.to_empty(device=device)
-    for name, b in buffers.items():  # to_empty left them uninitialised: put back what the model's init computed
-        teacher.get_buffer(name).copy_(b)
+    allocate(teacher, device)
     _read_rows(units, files, dtype)
     teacher.requires_grad_(False)
     return units

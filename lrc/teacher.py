@@ -109,6 +109,25 @@ def load_causal_lm(path: str, dtype: torch.dtype | None = None, attn_implementat
     return model
 
 
+def empty_causal_lm(config: PretrainedConfig, dtype: torch.dtype | None = None, **kwargs):
+    """A causal LM of ``config`` with its parameters on the meta device (no memory, no init; accelerate's
+    ``init_empty_weights``) and its buffers real (as the model's init computed them)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype, **kwargs)
+
+
+@torch.no_grad()
+def allocate(model: torch.nn.Module, device: str | torch.device) -> None:
+    """Give a model from ``empty_causal_lm`` (sharded since, or not) uninitialised storage on ``device`` for its
+    parameters, keeping its buffers (``to_empty`` alone would leave them uninitialised too)."""
+    buffers = {n: b.to(device) for n, b in model.named_buffers()}
+    model.to_empty(device=device)
+    for name, b in buffers.items():
+        model.get_buffer(name).copy_(b)
+
+
 @torch.no_grad()
 def nonfinite_weight(model: torch.nn.Module) -> str | None:
     """``"NAME (shape) holds N NaN and M infinite value(s)"`` for the first weight tensor of ``model`` that holds a NaN

@@ -136,7 +136,7 @@ def test_checkpoint_path_forms(teachers, tmp_path):
 def test_conversion_reads_the_teacher_a_few_tensors_at_a_time(teachers, tmp_path, family, tied, mlp_train):
     """A safetensors teacher is read piecewise (at most 4 tensors held, far less than the teacher), and the folded
     bf16 student is exactly the training-time fp32 generation rounded to bf16."""
-    from lrc.after.fold import _teacher_tensors, build_student
+    from lrc.after.fold import _teacher_tensors, build_student, fold
     from lrc.tensor_files import TensorFiles
 
     teacher_dir = teachers[family, tied]
@@ -144,17 +144,15 @@ def test_conversion_reads_the_teacher_a_few_tensors_at_a_time(teachers, tmp_path
     lrc = LRCConfig(target_hidden_size=32, mlp_train=mlp_train)
     model = _train_time_model(teacher_dir, teacher, lrc)
     ckpt = _save_ckpt(model, teacher_dir, tmp_path / "run")
-    tensors = _teacher_tensors(teacher_dir, teacher.config)
-    assert isinstance(tensors, TensorFiles)
     student, _, _ = build_student(str(ckpt), dtype=torch.bfloat16)
     ref = model.student_weights(dtype=torch.float32)
     got = dict(student.named_parameters())
     assert got.keys() == ref.keys()
     assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], ref[k].to(torch.bfloat16)) for k in ref)
+    tensors = _teacher_tensors(teacher_dir, teacher.config)  # what build_student read from, read again to measure
+    assert isinstance(tensors, TensorFiles)
+    fold(tensors, model.projections, lrc, teacher.config, model.core_bases(), torch.bfloat16)
     whole = sum(p.numel() * 4 for p in teacher.parameters())
-    from lrc.after import fold as fold_module  # the mapping build_student used: read it again the same way
-    tensors = fold_module._teacher_tensors(teacher_dir, teacher.config)
-    fold_module.fold(tensors, model.projections, lrc, teacher.config, model.core_bases(), torch.bfloat16)
     biggest = max(p.numel() * 4 for p in teacher.parameters())
     assert 0 < tensors.peak_bytes <= 4 * biggest and tensors.peak_bytes < whole / 2
 

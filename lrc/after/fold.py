@@ -9,14 +9,12 @@ tensor is generated in fp32 by ``lrc.generate.generate_student_weights``, the fu
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from lrc.after.convert_checks import ConversionError
 from lrc.checkpoint import (
@@ -32,7 +30,15 @@ from lrc.families import family_of, is_tied, student_config
 from lrc.generate import generate_student_weights
 from lrc.mlp_train import bases_fingerprint, core_bases
 from lrc.projections import LRCProjections
-from lrc.teacher import TeacherError, load_teacher, load_teacher_config, teacher_fingerprint, weights_fingerprint
+from lrc.teacher import (
+    TeacherError,
+    allocate,
+    empty_causal_lm,
+    load_teacher,
+    load_teacher_config,
+    teacher_fingerprint,
+    weights_fingerprint,
+)
 from lrc.tensor_files import TensorFiles
 
 log = logging.getLogger(__name__)
@@ -78,10 +84,7 @@ def build_student(ckpt_path: str, raw_model_name: str | None = None, flags: dict
 def _teacher_tensors(teacher_path: str, tcfg) -> Mapping[str, torch.Tensor]:
     """The teacher's tensors by name, in fp32: read a few at a time from its safetensors files when it has them and
     they hold every tensor its config needs, else the whole teacher loaded."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        names = {n for n, _ in AutoModelForCausalLM.from_config(copy.deepcopy(tcfg)).named_parameters()}
+    names = {n for n, _ in empty_causal_lm(tcfg).named_parameters()}
     if is_tied(tcfg):  # the head is the embedding (a meta-built model may list it apart)
         names.discard(f"{family_of(tcfg).head}.weight")
     try:
@@ -98,14 +101,8 @@ def fold(tensors: Mapping[str, torch.Tensor], proj: LRCProjections, lrc: LRCConf
          dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The student as a standalone HF model in ``dtype``: each of its tensors generated in fp32 from the teacher's
     ``tensors`` and the projections, then stored (the model is allocated uninitialised, never in fp32 whole)."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):
-        student = AutoModelForCausalLM.from_config(student_config(tcfg, lrc), dtype=dtype)
-    buffers = {n: b.clone() for n, b in student.named_buffers()}
-    student.to_empty(device="cpu")
-    for n, b in buffers.items():  # to_empty left them uninitialised
-        student.get_buffer(n).copy_(b)
+    student = empty_causal_lm(student_config(tcfg, lrc), dtype)
+    allocate(student, "cpu")
     student.tie_weights()
     family = family_of(tcfg)
     kept = lrc.kept_layers(tcfg.num_hidden_layers)
