@@ -4,6 +4,7 @@
     lrc prepare --inputs DATA --tokenizer TEACHER --output SHARDS
     lrc train --raw-model-name TEACHER --dataset_name SHARDS --output_dir OUT --target_hidden_size 1536
     lrc convert --ckpt-path OUT --save-path OUT/student
+    lrc onpolicy --student OUT/student --teacher TEACHER --prompts PROMPTS.jsonl --output_dir OUT/onpolicy
     lrc eval --model OUT/student --data HELDOUT.txt
     lrc harness --model OUT/student --tasks paper
     lrc bench --teacher smollm2-135m --target-hidden-size 288
@@ -23,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lrc.training.command", "distil a student from a teacher (the official command line; --demo: the out-of-the-box run)"),
     "prepare": ("lrc.data.prepare.cli", "tokenize raw text / conversations into shuffled token shards + manifest"),
     "convert": ("lrc.after.convert_cli", "fold a trained LRC checkpoint into a standard Hugging Face model directory"),
+    "onpolicy": ("lrc.onpolicy.run", "on-policy distillation of a converted student from its teacher (TRL's "
+                                     "DistillationTrainer, after LRC)"),
     "eval": ("lrc.after.evaluate", "held-out cross-entropy and perplexity of a model (student, teacher or .gguf)"),
     "harness": ("lrc.after.harness", "lm-eval benchmarks of a converted student (the paper's tasks), results.md beside "
                                "the paper's numbers"),

@@ -231,6 +231,20 @@ def load_baseline_checkpoint(directory: str | Path, model: BaselineModel) -> Non
         _load_strict(model.maps, load_file(str(d / MAPS_NAME)), f"{d / MAPS_NAME}")
 
 
+def load_student_weights(directory: str | Path, model: BaselineModel) -> None:
+    """Start ``model``'s student from the standard HF model in ``directory`` (``lrc convert``'s output, or any
+    checkpoint of exactly the student's architecture): one ``model.safetensors``, every tensor name and shape
+    matching (one-line ``CheckpointError`` otherwise)."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    f = d / MODEL_WEIGHTS_NAME
+    if not f.is_file():
+        raise CheckpointError(f"--init_from {str(d)!r}: no {MODEL_WEIGHTS_NAME} in it (expected a standard HF model "
+                              f"directory with one safetensors file, e.g. lrc convert's output)")
+    _load_strict(model.student, load_file(str(f)), f"--init_from {f}", tied_ok=True)
+
+
 def _load_strict(module: torch.nn.Module, sd: dict[str, Tensor], what: str, tied_ok: bool = False) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(sd))

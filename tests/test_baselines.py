@@ -17,8 +17,10 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 import hf_trainer
 from lrc.baselines import ATTN_TERM, HIDDEN_TERM, BaselineConfig, BaselineModel
+from lrc.checkpoint import CheckpointError
 from lrc.config import LRCConfig
 from lrc.families import student_config
+from lrc.teacher import load_teacher_config
 from lrc.model import LRCModel
 from lrc.training.run_dir import newest_complete_checkpoint
 from lrc.training.trainer import BaselineTrainer
@@ -217,3 +219,38 @@ def test_tiny_bert_terms_skip_padded_positions(assets):
     att = sum(((thr(s.attentions[i]) - thr(t.attentions[i])).transpose(1, 2)[real] ** 2).mean() for i in range(2))
     torch.testing.assert_close(out.terms[HIDDEN_TERM], hid.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.terms[ATTN_TERM], att.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_training_starts_from_a_converted_student(assets, tmp_path):
+    """LRC, then dense: ``--model_cls only_kd --init_from OUT/student`` starts as the converted LRC student (its
+    weights when training begins are those files' exactly), and every weight is in the optimizer; prune_kd, which
+    starts from the pruned teacher, refuses it; a directory of another architecture is refused in one line."""
+    from lrc.after.convert import convert_checkpoint
+
+    lrc_run = tmp_path / "lrc"
+    hf_trainer.train(hf_trainer.parse_flags({**flags(assets, lrc_run, "lrc"), "max_steps": 2}))
+    convert_checkpoint(str(lrc_run), str(lrc_run / "student"))
+    seen = {}
+
+    class AtStart(BaselineTrainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.update({k: v.clone() for k, v in self.baseline_model.student.state_dict().items()})
+
+    out = tmp_path / "dense"
+    trainer = hf_trainer.train(hf_trainer.parse_flags({**flags(assets, out, "only_kd"), "max_steps": 1,
+                                                       "init_from": str(lrc_run / "student")}), AtStart)
+    start = load_file(lrc_run / "student" / "model.safetensors")
+    assert set(start) <= set(seen) and all(torch.equal(start[k], seen[k]) for k in start)
+    assert not torch.equal(load_file(out / "model.safetensors")["model.norm.weight"], start["model.norm.weight"])
+    assert sum(p.numel() for p in trainer.optimizer.param_groups[0]["params"]) == \
+        sum(p.numel() for p in trainer.baseline_model.student.parameters())
+    assert json.loads((out / "run_config.json").read_text())["init_from"] == str((lrc_run / "student").resolve())
+    with pytest.raises(hf_trainer.FlagError, match="starts from the width-pruned teacher"):
+        hf_trainer.train(hf_trainer.parse_flags({**flags(assets, tmp_path / "p", "prune_kd"),
+                                                 "init_from": str(lrc_run / "student")}))
+    other = tmp_path / "other"
+    AutoModelForCausalLM.from_config(student_config(load_teacher_config(assets["teacher"]),
+                                                    LRCConfig(target_hidden_size=16))).save_pretrained(other)
+    with pytest.raises(CheckpointError, match="does not fit this run's model"):
+        hf_trainer.train(hf_trainer.parse_flags({**flags(assets, tmp_path / "o", "only_kd"), "init_from": str(other)}))

@@ -9,7 +9,10 @@ import inspect
 import pytest
 from transformers import Trainer
 
+from lrc.training.publish import StagedCheckpoints
 from lrc.training.trainer import HF_PRIVATE_OVERRIDES, BaselineTrainer, DistillTrainer, LRCTrainer
+
+TRAINERS = (StagedCheckpoints, DistillTrainer, LRCTrainer, BaselineTrainer)
 
 # What each override relies on: (the HF method whose source must contain it, the text), i.e. its call sites and what
 # the method itself does.
@@ -29,7 +32,7 @@ RELIED_ON = {
 
 
 def _ours(name: str):
-    for cls in (DistillTrainer, LRCTrainer, BaselineTrainer):
+    for cls in TRAINERS:
         if name in vars(cls):
             return vars(cls)[name]
     raise AssertionError(f"{name} is listed in HF_PRIVATE_OVERRIDES but no trainer overrides it")
@@ -38,7 +41,7 @@ def _ours(name: str):
 def test_every_private_override_is_listed():
     """Every private Trainer method a trainer here overrides is in HF_PRIVATE_OVERRIDES (and tested below)."""
     hf_private = {n for n in vars(Trainer) if n.startswith("_") and not n.startswith("__")}
-    ours = {n for cls in (DistillTrainer, LRCTrainer, BaselineTrainer) for n in vars(cls) if n in hf_private}
+    ours = {n for cls in TRAINERS for n in vars(cls) if n in hf_private}
     assert ours == set(HF_PRIVATE_OVERRIDES) == set(RELIED_ON)
 
 

@@ -223,7 +223,7 @@ def test_cli_two_phases_and_flag_refusals(assets, tmp_path, capsys):
                           ({"init_from": str(tmp_path / "p1"), "load_model_weight_path": str(tmp_path / "p1")},
                            "give one"),
                           ({"init_from": str(tmp_path / "nope")}, "no such file or directory"),
-                          ({"model_cls": "only_kd", "init_from": str(tmp_path / "p1")}, "cannot start --model_cls"),
+                          ({"model_cls": "only_kd", "init_from": str(tmp_path / "p1")}, "starts from a converted student"),
                           ({"mlp_train": "full"}, "mlp_train must be one of")]:
         rc = cli(*[f"--{k}={v}" for k, v in {**flags, **extra}.items()])
         err = capsys.readouterr().err

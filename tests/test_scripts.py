@@ -205,3 +205,33 @@ def test_grad_share_components_add_up(tiny_assets, tmp_path):
                           batch_size=2, seq_len=16, aux_loss_type="nmse")
     assert (rep["lrc"]["target_hidden_size"], rep["lrc"]["aux_loss_scale_factor"], rep["lrc"]["aux_loss_type"]) == (
         32, 0.5, "nmse")
+
+
+def test_study_after_lrc_runs_every_arm_on_a_tiny_teacher(tiny_assets, tmp_path):
+    """``scripts/study_after_lrc.py`` on a tiny teacher, one seed, 1 s per arm: every arm trains from the same LRC
+    checkpoint and is scored (perplexities, the teacher's judgement of its samples); the report lands between its
+    markers, with the plot; a second call reads the finished arms back instead of training them again."""
+    demo_flags = {"raw_model_name": tiny_assets["teacher"], "dataset_name": tiny_assets["train"],
+                  "eval_dataset": tiny_assets["held"], "demo_ood_eval": tiny_assets["held"], "target_hidden_size": 32,
+                  "data_max_len": 32, "max_steps": 2, "batch_size": 2, "save_steps": 2, "calib_tokens": 256}
+    md = tmp_path / "report.md"
+    md.write_text("before\n<!-- after-lrc:begin (scripts/study_after_lrc.py) -->\nold\n<!-- after-lrc:end -->\nafter\n")
+    cmd = [sys.executable, str(REPO / "scripts" / "study_after_lrc.py"), "--out", str(tmp_path / "runs"), "--seeds",
+           "1", "--budget-s", "1", "--json", str(tmp_path / "r.json"), "--md", str(md), "--png",
+           str(tmp_path / "p.png"), "--demo-flags", json.dumps(demo_flags), "--train-text", tiny_assets["train"],
+           "--heldout", tiny_assets["held"], "--ood", tiny_assets["held"]]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    arms = {"lrc_more", "sft_teacher", "onpolicy_rkl", "onpolicy_jsd", "dense_kd", "prune_kd"}
+    assert set(res["arms"]) == {f"{a}/seed1" for a in arms}
+    for key, arm in res["arms"].items():
+        assert arm["steps"] >= 1, key
+        assert all(v == v and abs(v) < float("inf") for k, v in arm.items()
+                   if k in ("ppl_in_domain", "ppl_out_of_domain", "reverse_kl", "teacher_logprob")), (key, arm)
+    assert res["arms"]["prune_kd/seed1"]["steps"] == 2 + res["arms"]["dense_kd/seed1"]["steps"]
+    text = md.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text and "| `onpolicy_rkl` |" in text
+    assert (tmp_path / "p.png").stat().st_size > 0
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0 and "=== " not in r.stdout

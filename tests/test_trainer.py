@@ -11,6 +11,7 @@ test hooks.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from trainer_helpers import base_flags, cli, free_port, make_assets, stop_at, tr
 
 import hf_trainer
 from lrc.checkpoint import WEIGHTS_NAME, load_lrc_checkpoint
-from lrc.training.run_dir import STAGING_DIR, newest_complete_checkpoint, verify_checkpoint
+from lrc.training.run_dir import STAGING_DIR, finished_step, newest_complete_checkpoint, verify_checkpoint
 from lrc.training.trainer import LRCTrainer, NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,6 +173,25 @@ def test_demo_trains_and_reports_a_same_size_student_without_lrc(assets, tmp_pat
         hf_trainer.parse_flags(base_flags(assets, tmp_path / "x", demo_baseline="origin"))
 
 
+def test_demo_third_act_onpolicy(assets, tmp_path, capsys):
+    """--onpolicy_steps: after the conversion, that many on-policy steps of the converted student (``lrc onpolicy``)
+    into OUT/onpolicy, a finished run; the report adds its perplexities, the teacher's judgement of each student's
+    own samples and sample completions."""
+    cfg = hf_trainer.parse_flags(base_flags(assets, tmp_path / "demo", dataset_name=assets["text"], max_steps=2,
+                                            eval_dataset=assets["heldout"], demo_ood_eval=assets["text"],
+                                            onpolicy_steps=2))
+    hf_trainer.run_demo(cfg)
+    out = capsys.readouterr().out
+    act = tmp_path / "demo" / "onpolicy"
+    assert finished_step(act) == 2 and (act / "model.safetensors").is_file()
+    assert json.loads((act / "run_config.json").read_text())["kind"] == "onpolicy"
+    assert "after 2 on-policy steps" in out and "held-out perplexity on heldout.txt: teacher" in out
+    for who in ("LRC student", "on-policy"):
+        assert re.search(rf"  {who} +reverse KL to the teacher +\d+\.\d+ nats/token, teacher log-prob +-?\d", out)
+    assert out.count("    teacher      ... ") == 3
+    assert "onpolicy --student" in out
+
+
 # ---------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("fmt", ["packed", "text"])
 def test_loss_falls(assets, tmp_path, fmt):
@@ -232,6 +252,16 @@ def test_gradient_accumulation_matches_big_batch(assets, tmp_path):
     wa, wb, wc = (weights(tmp_path / x) for x in "abc")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
     assert all(torch.allclose(wc[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_a_stop_between_save_steps_still_ends_with_final_outputs(assets, tmp_path):
+    """A callback that stops training at a step with no checkpoint due (3, --save_steps 5): that step is
+    checkpointed and the final outputs are its weights (nothing trained is lost)."""
+    t = train(assets, tmp_path / "r", trainer_cls=stop_at(3), max_steps=7, save_steps=5)
+    out = tmp_path / "r"
+    assert t.state.global_step == 3 and finished_step(out) == 3 and verify_checkpoint(out / "checkpoint-3") is None
+    a, b = weights(out), weights(out / "checkpoint-3")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------- resume

@@ -18,10 +18,10 @@ from typing import Any
 
 from lrc.cli.options import unknown_flags_text
 from lrc.config import LRCConfig
+from lrc.training.command_flags import CommandOptions
 from lrc.training.flags import (
     CHECKED_FLAGS,
     Checkpointing,
-    CommandOptions,
     FlagError,
     MethodFlags,
     OfficialOnly,

@@ -1,6 +1,8 @@
 """``lrc train --demo``: train (``lrc.training.run.train``), convert to ``OUT/student``, compare held-out perplexities of the
 teacher and the student in and out of domain (and, with ``--demo_baseline``, of a same-size student trained without
-LRC on the same tokens), then print the next commands. The demo's flags are ``configs/recipes/demo.yaml``."""
+LRC on the same tokens; with ``--onpolicy_steps N``, a third act: N steps of on-policy distillation of the converted
+student, ``lrc.onpolicy.demo_act``), then print the next commands. The demo's flags are
+``configs/recipes/demo.yaml``."""
 
 from __future__ import annotations
 
@@ -91,12 +93,36 @@ def run_demo(cfg: TrainConfig, trainer_cls=None) -> None:
         if base_trainer is not None:
             base_student = base_trainer.baseline_model.student
             base_scores = {path: heldout_perplexity(base_student, held, o.batch_size) for path, held in helds.items()}
+    act_lines = []
+    if cfg.command.onpolicy_steps and method.needs_conversion:  # act 3 follows an LRC run's conversion
+        act_lines = _onpolicy_act(cfg, student_dir, out, teacher, student, tok, helds, scores)
     say("\n".join(_report(cfg, method, trainer, teacher, student, student_dir, scores, base_mc, base_scores,
-                          time.time() - t0)))
+                          time.time() - t0, act_lines)))
+
+
+def _onpolicy_act(cfg: TrainConfig, student_dir: Path, out: Path, teacher, student, tok, helds, scores) -> list[str]:
+    """Act 3 (``--onpolicy_steps``): ``lrc.onpolicy.demo_act``; its report lines."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lrc.after.evaluate import heldout_perplexity
+    from lrc.onpolicy import demo_act
+
+    r, o = cfg.run, cfg.optim
+    act = demo_act.run_act(cfg.command.onpolicy_steps, student_dir, r.raw_model_name, r.eval_dataset,
+                           out / "onpolicy", o.seed)
+    tuned = AutoModelForCausalLM.from_pretrained(act["dir"], dtype=torch.float32).eval()
+    rows = []
+    for path, held in helds.items():
+        t, s = scores[path]
+        after = heldout_perplexity(tuned, held, o.batch_size)
+        rows.append(f"held-out perplexity on {Path(path).name}: teacher {t.ppl:.1f}, LRC student {s.ppl:.1f}, after "
+                    f"{cfg.command.onpolicy_steps} on-policy steps {after.ppl:.1f}")
+    return demo_act.report(act, teacher, student, tuned, tok, rows)
 
 
 def _report(cfg: TrainConfig, method, trainer, teacher, student, student_dir: Path, scores, base_mc, base_scores,
-            seconds: float) -> list[str]:
+            seconds: float, act_lines: list[str] = ()) -> list[str]:
     """The demo's closing table and next commands."""
     r, o, m = cfg.run, cfg.optim, cfg.method
     out = Path(r.output_dir).resolve()
@@ -132,12 +158,18 @@ def _report(cfg: TrainConfig, method, trainer, teacher, student, student_dir: Pa
           for p, (t, s) in scores.items() if p != r.eval_dataset],
         f"  ({o.max_steps} steps x {o.batch_size} x {r.data_max_len} tokens: a smoke run; "
         f"the paper trains on ~10B tokens)",
+        *act_lines,
         f"outputs in {out}: checkpoint-N/, " + ("lrc_weights.safetensors, student/ (a standard HF model)" if lrc_run
                                                 else "the student as a standard HF model (no conversion needed)"),
         "next:",
         f"  {lrc} train --demo{'' if lrc_run else ' --model_cls ' + method.name} --output_dir {out} "
         f"--max_steps {2 * o.max_steps} --resume auto   # train on",
         *([f"  {lrc} convert --ckpt-path {out} --save-path {out / 'student-again'}"] if lrc_run else []),
+        *([f"  {lrc} onpolicy --student {student_dir} --teacher {r.raw_model_name} --prompts "
+           f"{out / 'onpolicy_prompts.jsonl'} --output_dir {out / 'onpolicy'} --chat_template off --learning_rate 3e-5 "
+           f"--max_steps 100 --resume auto   # on-policy distillation (act 3)"] if act_lines else
+          [f"  {lrc} train --demo --onpolicy_steps 20   # the demo with act 3: on-policy distillation after LRC"]
+          if lrc_run else []),
         f"  {lrc} eval --model {student_dir} --data {r.eval_dataset} --data_max_len {r.data_max_len}",
         f"  {lrc} eval --model {r.raw_model_name} --data {r.eval_dataset} --data_max_len {r.data_max_len}   # the "
         f"teacher",

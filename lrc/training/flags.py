@@ -237,7 +237,8 @@ class Checkpointing:
     init_from: str | None = None
     """start a new run (step 0, fresh optimizer) from an earlier LRC checkpoint of the same teacher and variant:
     its projections and gains, new --mlp_train Deltas at 0 (the two-phase recipe: plain LRC, then dense or core);
-    ignored when resuming"""
+    with --model_cls only_kd / origin / tiny_bert, a converted student (lrc convert's output) whose every weight then
+    trains; ignored when resuming"""
     overwrite_output_dir: bool = False
     """start over in an --output_dir that holds a previous run (its checkpoints and final weights are deleted; never
     a directory holding a model that no run wrote, e.g. the teacher's)"""
@@ -336,32 +337,6 @@ class OfficialOnly:
             if refuse(v):
                 raise FlagError(f"--{name}={v!r} is not supported: {why}")
             warn(f"--{name} is accepted for compatibility with the official command, but {why}")
-
-
-@options(group="this command")
-class CommandOptions:
-    """Recipes and the demo."""
-
-    config: str | None = None
-    """a YAML recipe: `flag: value` lines with the flags' own names (configs/recipes/); flags on the command line
-    override it"""
-    demo: bool = False
-    """the out-of-the-box run (configs/recipes/demo.yaml; flags after it override its values)"""
-    demo_baseline: str | None = None
-    """--demo: also train a student of the same size WITHOUT LRC on the same tokens and report it beside the LRC
-    student: prune_kd (the width-pruned teacher + CE + KL, Minitron-style) | only_kd (random init + CE + KL) |
-    none"""
-    demo_ood_eval: str | None = None
-    """--demo: also report teacher and student perplexity on this held-out text from another domain (the demo's
-    default: data/sample/ood_heldout.txt, Python documentation)"""
-
-    def validate(self) -> None:
-        if self.demo_baseline not in (None, "", "none", *DEMO_BASELINES):
-            raise FlagError(f"--demo_baseline must be {', '.join(DEMO_BASELINES)} or none, got {self.demo_baseline!r}")
-
-
-DEMO_BASELINES = ("prune_kd", "only_kd")
-"""The same-size students without LRC the demo can train beside the LRC student (``--demo_baseline``)."""
 
 
 # ---------------------------------------------------------------------------------------------- the method's flags

@@ -88,3 +88,10 @@ class CompactProgressCallback(_CompactLogs, ProgressCallback):
 
 class CompactPrinterCallback(_CompactLogs, PrinterCallback):
     pass
+
+
+def use_compact_console(trainer) -> None:
+    """Replace HF's console callbacks of ``trainer`` by the compact ones."""
+    for old, new in ((ProgressCallback, CompactProgressCallback), (PrinterCallback, CompactPrinterCallback)):
+        if trainer.pop_callback(old) is not None:
+            trainer.add_callback(new)

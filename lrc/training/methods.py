@@ -182,10 +182,18 @@ class BaselineMethod(Method):
         if cfg.optim.shard_teacher:
             raise OptionError(f"--shard_teacher true applies to --model_cls lrc; {self.name} trains a standard student "
                               f"against a whole teacher")
-        for k in ("load_model_weight_path", "init_from"):
-            if getattr(cfg.ckpt, k):
-                raise OptionError(f"--{k} loads LRC projections; it cannot start --model_cls {self.name} "
-                                  f"(use --resume to continue a baseline run)")
+        if cfg.ckpt.load_model_weight_path:
+            raise OptionError(f"--load_model_weight_path loads LRC projections; it cannot start --model_cls "
+                              f"{self.name} (use --resume to continue a baseline run)")
+        init = cfg.ckpt.init_from
+        if init and self.calibrated:
+            raise OptionError(f"--init_from: --model_cls {self.name} starts from the width-pruned teacher; to train a "
+                              f"converted student densely use --model_cls only_kd (CE + KL) or origin (CE)")
+        if init and not (Path(init) / "model.safetensors").is_file():
+            raise OptionError(f"--init_from {init}: --model_cls {self.name} starts from a converted student (a "
+                              f"standard HF model directory with model.safetensors, e.g. lrc convert's output), and "
+                              f"this has none; an LRC checkpoint is converted first (lrc convert --ckpt-path {init} "
+                              f"--save-path STUDENT)")
         super().check(cfg)
         if self.attention_maps and cfg.run.tiny_bert_attn_loss and cfg.optim.attn_implementation not in (None, "eager"):
             raise OptionError(f"--model_cls tiny_bert with its attention-map loss needs --attn_implementation eager "
@@ -211,6 +219,21 @@ class BaselineMethod(Method):
         from lrc.activation_init import prune_student_from_activations
 
         return prune_student_from_activations(model, calib_data, cfg.run.calib_tokens)
+
+    def warm_start(self, model, cfg: TrainConfig, record: dict[str, Any], resuming: bool) -> None:
+        """``--init_from DIR``: the student starts as the standard HF model in DIR (an ``lrc convert`` output of the
+        same architecture): LRC, then dense training of every weight."""
+        from lrc.baselines import load_student_weights
+
+        init = cfg.ckpt.init_from
+        if not init:
+            return
+        record["init_from"] = str(Path(init).resolve())
+        if resuming:
+            say(f"--init_from {init} is not used: the run resumes from its own checkpoint")
+            return
+        load_student_weights(init, model)
+        say(f"init from: the student starts as {init} (every weight trains: --model_cls {self.name})")
 
     def trainer(self, model, args, cfg: TrainConfig, tokenizer, no_tokenizer: str, **common):
         from lrc.training.trainer import BaselineTrainer

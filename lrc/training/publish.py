@@ -1,8 +1,8 @@
 """How a training checkpoint reaches disk: every rank writes into ``OUT/.staging/checkpoint-N``; the main process adds
 the run's record and the manifest and renames the directory into place; then rotation keeps the newest complete
 checkpoints of the run's live line. A failed write removes the staged copy and is one line (``CheckpointWriteError``:
-torch and safetensors report a full disk as RuntimeError / SafetensorError, not OSError). ``DistillTrainer``'s
-``_save_checkpoint`` (an HF override) drives these steps.
+torch and safetensors report a full disk as RuntimeError / SafetensorError, not OSError). ``StagedCheckpoints``, a
+mixin of every trainer here (``lrc train``'s and ``lrc onpolicy``'s), drives these steps from HF's ``_save_checkpoint``.
 """
 
 from __future__ import annotations
@@ -72,3 +72,55 @@ def describe_write_failure(e: BaseException, name: str, directory: Path) -> str:
             + (": the disk is full. Free space (or point --output_dir elsewhere) and resume with --resume auto"
                if full else ". Check the filesystem, then resume with --resume auto")
             + "; nothing of this checkpoint was kept, the earlier checkpoints are intact")
+
+
+class StagedCheckpoints:
+    """Mixin for a ``transformers.Trainer`` (listed before it): HF's checkpoint (weights, optimizer, scheduler, RNG,
+    trainer state) written by every rank into ``OUT/.staging/checkpoint-N``, then recorded, manifested and renamed
+    into place by the main process, then rotated. ``run_record`` (set by the trainer) goes into every checkpoint;
+    ``check_before_save`` runs before any file is touched (the non-finite guard)."""
+
+    run_record: dict[str, Any] | None = None
+    last_saved_step: int | None = None
+    """The optimizer step of the last checkpoint this trainer published (None: none yet)."""
+    _staging_root: str | None = None
+
+    def check_before_save(self) -> None:
+        """Raise to refuse the save (nothing is written)."""
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        self.check_before_save()
+        run_dir = Path(super()._get_output_dir(trial))
+        step = self.state.global_step
+        name = f"checkpoint-{step}"
+        staged = begin_staging(run_dir, name, self.args.should_save)
+        self.accelerator.wait_for_everyone()
+        self._staging_root = str(staged.parent)
+        try:
+            super()._save_checkpoint(model, trial)  # every rank writes into staging/checkpoint-N
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                publish_staged(staged, run_dir / name, step, self.run_record)
+            self.accelerator.wait_for_everyone()
+            if self.is_local_process_zero() and staged.exists():  # node-local disks: each node's own copy
+                publish_staged(staged, run_dir / name, step, self.run_record)
+        except BaseException as e:
+            if self.is_local_process_zero():
+                shutil.rmtree(staged, ignore_errors=True)  # nothing half-written stays behind
+            if not isinstance(e, (LRCError, OSError)) and isinstance(e, Exception) and write_failure(e):
+                raise CheckpointWriteError(describe_write_failure(e, name, run_dir)) from e
+            raise
+        finally:
+            self._staging_root = None
+        if self.args.should_save:
+            after_publish(run_dir, self.args.save_total_limit, run_dir / name, self.run_record)
+        self.last_saved_step = step
+
+    def save_final_checkpoint(self) -> None:
+        """Every process: checkpoint the last step if training ended without saving it (a callback stopped it
+        between --save_steps), so that the final outputs are taken from it."""
+        if self.last_saved_step != self.state.global_step:
+            self._save_checkpoint(self.model_wrapped, trial=None)

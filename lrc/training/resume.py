@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ def compare_records(stored: dict[str, Any], now: dict[str, Any]) -> list[FlagCha
 
 def method_mismatch(stored: dict[str, Any], now: dict[str, Any], where: str) -> None:
     """Refuse another teacher or another method: never allowed (``--load_model_weight_path`` warm-starts)."""
+    if stored.get("kind", "train") != "train":
+        raise CheckpointError(f"cannot resume from {where}: it was written by lrc {stored['kind']}, not lrc train")
     st, nt = TeacherRef(**stored["teacher"]), TeacherRef(**now["teacher"])
     why = st.mismatch(nt)
     if why:
@@ -154,8 +157,26 @@ class ResumePlan:
         return out
 
 
+@dataclass(frozen=True)
+class ResumeRules:
+    """What ``plan_resume`` reads from, and compares between, the records of one kind of run."""
+
+    max_steps: Callable[[dict[str, Any]], int]
+    """A record -> the optimizer steps its run trains to (-1: counted in epochs)."""
+    refuse_mismatch: Callable[[dict[str, Any], dict[str, Any], str], None]
+    """(stored, now, checkpoint path): raise a one-line ``CheckpointError`` when never resumable (another teacher)."""
+    changes: Callable[[dict[str, Any], dict[str, Any]], list[FlagChange]]
+    """(stored, now) -> the checked flags that differ (refused unless ``--allow_changed`` names them)."""
+    can_allow: bool = True
+    """The command has ``--allow_changed`` (otherwise a resume is strict)."""
+
+
+TRAIN_RULES = ResumeRules(lambda r: TrainConfig.from_record(r).optim.max_steps, method_mismatch, compare_records)
+"""``lrc train``'s rules (``lrc onpolicy`` has its own: ``lrc.onpolicy.record``)."""
+
+
 def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bool, record: dict[str, Any],
-                allow_changed: set[str]) -> ResumePlan:
+                allow_changed: set[str], rules: ResumeRules = TRAIN_RULES) -> ResumePlan:
     """Decide what the run does in ``output_dir`` (see the module docstring). Raises a one-line error.
 
     Sets ``record["lineage"]``: this run's live line (``new_lineage``)."""
@@ -168,7 +189,7 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
                               f"{' ...' if len(previous) > 4 else ''}): pass --resume auto to continue it, or "
                               f"--overwrite_output_dir to delete it and start over")
         return plan  # a fresh start (the caller deletes the previous run with --overwrite_output_dir)
-    max_steps = TrainConfig.from_record(record).optim.max_steps
+    max_steps = rules.max_steps(record)
     done = finished_step(out)  # hashes the final files once: used below too
     if resume == "auto":
         finished = done is not None and max_steps > 0 and done >= max_steps
@@ -191,14 +212,15 @@ def plan_resume(output_dir: str | os.PathLike, resume: str | None, overwrite: bo
             raise CheckpointError(f"--resume {resume!r} is not a complete checkpoint: {problem}")
     where = str(ckpt)
     stored = read_record(ckpt)
-    method_mismatch(stored, record, where)
-    changes = compare_records(stored, record)
+    rules.refuse_mismatch(stored, record, where)
+    changes = rules.changes(stored, record)
     refused = [c for c in changes if c.name not in allow_changed]
     if refused:
         names = ",".join(c.name for c in refused)
         raise CheckpointError(f"cannot resume from {where}: flags differ from the run that wrote it: "
-                              f"{'; '.join(c.describe() for c in refused)}. Use the checkpoint's values, or pass "
-                              f"--allow_changed {names} to apply them")
+                              f"{'; '.join(c.describe() for c in refused)}. Use the checkpoint's values"
+                              + (f", or pass --allow_changed {names} to apply them" if rules.can_allow else
+                                 " (a resume continues only with the settings it was trained with)"))
     plan.checkpoint, plan.stored, plan.changes = where, stored, changes
     plan.step = read_manifest(ckpt)["step"]
     record["resumed_from"] = where

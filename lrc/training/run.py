@@ -25,9 +25,7 @@ The assembly: the flags (``lrc.training.config.TrainConfig``) -> the output dire
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pickle
 import shutil
 import time
 from pathlib import Path
@@ -42,11 +40,9 @@ def train(cfg: TrainConfig, trainer_cls=None):
     SIGTERM/SIGINT stop. ``trainer_cls``: a subclass of the method's trainer (tests)."""
     import torch
 
-    from lrc.errors import InterruptedRun
+    from lrc.training.drive import drive_run
     from lrc.training.methods import method_named
-    from lrc.training.preemption import GracefulStop, Preempted
-    from lrc.training.run_dir import decided_on_main, weights_only_loads, write_final_outputs
-    from lrc.training.start import RunStart, open_run_dir
+    from lrc.training.start import open_run_dir
 
     method = method_named(cfg.run.model_cls)
     _report_env(cfg)
@@ -55,45 +51,13 @@ def train(cfg: TrainConfig, trainer_cls=None):
     out = Path(cfg.run.output_dir).resolve()
     raw = cfg.run.raw_model_name
     teacher_path = str(Path(raw).resolve()) if Path(raw).exists() else raw
-    with contextlib.ExitStack() as stack:
-        stop = stack.enter_context(GracefulStop())
-        start = RunStart(out)
-        plan, tcfg = decided_on_main(lambda: open_run_dir(cfg, args.world_size, args.bf16, teacher_path, stack, start),
-                                     main)
-        for m in plan.messages():
-            say(m)
-        if plan.finished_at is not None:
-            say(f"{out} holds a run finished at step {plan.finished_at} (--max_steps {cfg.optim.max_steps}): nothing "
-                f"to train; its final outputs are at its root")
-            return None
-        if plan.finalize_from is not None:
-            if main:
-                write_final_outputs(out, plan.finalize_from)
-            say(f"{plan.finalize_from} is at --max_steps {cfg.optim.max_steps}: training had finished; its final "
-                f"outputs are now written to {out}")
-            return None
-        with start.undone_on_failure(main):  # until training begins, a failure leaves --output_dir as it was
-            trainer, stopper = _build(cfg, method, args, plan, teacher_path, tcfg, trainer_cls, main, start, stop)
-            if stop.requested:
-                raise InterruptedRun(f"stopped by {stop.received} before training began; nothing was saved")
-            start.training = True
-        try:
-            with weights_only_loads():
-                trainer.train(resume_from_checkpoint=plan.checkpoint)
-        except pickle.UnpicklingError as e:
-            raise _refused_pickle(plan.checkpoint, e) from e
-        finally:
-            trainer.close_progress_bars()
-        if stopper.stopped_at is not None:
-            e = Preempted(f"stopped by {stop.received} after step {stopper.stopped_at}; "
-                          f"{out / f'checkpoint-{stopper.stopped_at}'} is written. Resume: the same command with "
-                          f"--resume auto")
-            e.quiet = not main
-            raise e
-        if main:
-            write_final_outputs(out, out / f"checkpoint-{trainer.state.global_step}", trainer.state.save_to_json)
-        trainer.accelerator.wait_for_everyone()
-    say(method.final_message(out))
+    trainer = drive_run(
+        out, main, cfg.optim.max_steps,
+        claim=lambda stack, start: open_run_dir(cfg, args.world_size, args.bf16, teacher_path, stack, start),
+        build=lambda plan, tcfg, start, stop: _build(cfg, method, args, plan, teacher_path, tcfg, trainer_cls, main,
+                                                     start, stop))
+    if trainer is not None:
+        say(method.final_message(out))
     return trainer
 
 
@@ -174,15 +138,6 @@ def _build(cfg: TrainConfig, method, args, plan, teacher_path: str, tcfg, traine
     if plan.checkpoint:
         say(f"resuming from {plan.checkpoint} (step {plan.step})")
     return trainer, stopper
-
-
-def _refused_pickle(checkpoint: str | None, e: BaseException):
-    from lrc.checkpoint import CheckpointError
-    from lrc.training.run_dir import unpickler_refusal
-
-    return CheckpointError(f"{checkpoint}: a file in it holds more than tensors and plain data, so it was not loaded "
-                           f"(torch's weights-only unpickler: {unpickler_refusal(e)}); nothing in a checkpoint is ever "
-                           f"unpickled with code")
 
 
 # ---------------------------------------------------------------------------------------------- the HF side

@@ -22,6 +22,7 @@ the directory holds at most the lock file and the record: ``--resume auto`` star
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from lrc.training.run_dir import (
 
 if TYPE_CHECKING:
     from lrc.training.config import TrainConfig
+    from lrc.training.resume import ResumePlan, ResumeRules
 
 
 @dataclass
@@ -123,13 +125,29 @@ def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: st
     from lrc.families import student_config
     from lrc.teacher import load_teacher_config, teacher_fingerprint, weights_fingerprint
     from lrc.training.record import run_record
-    from lrc.training.resume import plan_resume
 
     out = start.out
     tcfg = load_teacher_config(teacher_path)
     cfg.method.validate(tcfg)
     student_config(tcfg, cfg.method)  # a width stock transformers would refuse to load: refused now, not later
     check_output_dir_is_free(out, teacher_path)
+
+    def record() -> dict:
+        ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type, weights_fingerprint(teacher_path))
+        return run_record(cfg, world_size, ref, bf16)
+
+    c = cfg.ckpt
+    return claim_run_dir(start, stack, record, c.resume, c.overwrite_output_dir, c.allowed_changes()), tcfg
+
+
+def claim_run_dir(start: RunStart, stack: contextlib.ExitStack, make_record: Callable[[], dict[str, Any]],
+                  resume: str | None, overwrite: bool, allowed: set[str], rules: ResumeRules | None = None
+                  ) -> ResumePlan:
+    """Main process, any kind of run: steps 2-4 of the module docstring in ``start.out``. ``make_record()``: the run's
+    record (called once the directory is locked); ``rules``: what a resume compares (default: ``lrc train``'s)."""
+    from lrc.training.resume import TRAIN_RULES, plan_resume
+
+    out = start.out
     with start.undone_on_failure(main=True):
         start.created_dir = not out.exists()
         free = check_output_dir(out)
@@ -138,13 +156,12 @@ def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: st
             warn(f"{start.lock.path}: the run that held it ({start.lock.stale_holder.describe()}) ended without "
                  f"releasing it (killed?); this run takes it over")
         say(f"output dir {out}: locked by this run, {free / 2**30:.1f} GiB free")
-        ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type, weights_fingerprint(teacher_path))
-        record = run_record(cfg, world_size, ref, bf16)
-        c = cfg.ckpt
-        plan = plan_resume(out, c.resume, c.overwrite_output_dir, record, c.allowed_changes())
+        record = make_record()
+        _refuse_other_kind(out, record)
+        plan = plan_resume(out, resume, overwrite, record, allowed, rules or TRAIN_RULES)
         if plan.finished_at is not None or plan.finalize_from is not None:
-            return plan, tcfg
-        if c.overwrite_output_dir and plan.checkpoint is None:
+            return plan
+        if overwrite and plan.checkpoint is None:
             clear_previous_run(out)
         clear_staging(out)  # half-written checkpoints of a killed run
         if plan.final_outputs_abandoned is not None:
@@ -153,4 +170,16 @@ def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: st
                 f"resumed from step {plan.step}; they stay until this run writes its own, but no longer count as "
                 f"finished")
         start.write_record(plan.record)
-        return plan, tcfg
+        return plan
+
+
+def _refuse_other_kind(out: Path, record: dict[str, Any]) -> None:
+    """An ``lrc train`` run and an ``lrc onpolicy`` run never share a directory: neither resumes nor deletes the other
+    (``--overwrite_output_dir`` included)."""
+    from lrc.training.record import read_record_or_none
+
+    there = read_record_or_none(out)
+    kind, ours = (there or {}).get("kind", "train"), record.get("kind", "train")
+    if there is not None and kind != ours:
+        raise RunDirError(f"--output_dir {str(out)!r} holds an lrc {kind} run; this is lrc {ours}, which never writes "
+                          f"or deletes there (--overwrite_output_dir included): choose another --output_dir")

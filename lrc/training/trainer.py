@@ -22,12 +22,11 @@ What they change in the HF ``Trainer`` (items 1-5: ``DistillTrainer``; 3 and 6: 
    (``_load_from_checkpoint``); optimizer, scheduler, RNG and trainer state come from HF's own files,
    all read by torch's weights-only unpickler (``lrc.training.run_dir.weights_only_loads``). (Under DeepSpeed
    the engine's own checkpoint restores the module, as HF does; it contains the frozen teacher too.)
-4. **The run-directory contract** (``lrc.training.run_dir``, ``lrc.training.resume``, ``lrc.training.publish``). Every process
-   writes a checkpoint
-   into ``{output_dir}/.staging/checkpoint-N`` (``_get_output_dir`` points there for the duration of
-   HF's ``_save_checkpoint``); after a barrier the main process adds the run's record
-   (``run_config.json``) and the manifest (sizes and sha256 of every file, written last), and renames
-   the directory to ``checkpoint-N``. A checkpoint is complete exactly when its manifest verifies. A
+4. **The run-directory contract** (``lrc.training.run_dir``, ``lrc.training.resume``, ``lrc.training.publish``).
+   Every process writes a checkpoint into ``{output_dir}/.staging/checkpoint-N`` (``publish.StagedCheckpoints``,
+   shared with ``lrc onpolicy``'s trainer: its ``_get_output_dir`` points there for the duration of HF's
+   ``_save_checkpoint``); after a barrier the main process adds the run's record (``run_config.json``) and the
+   manifest (sizes and sha256 of every file, written last), and renames the directory to ``checkpoint-N``. A checkpoint is complete exactly when its manifest verifies. A
    failed save (e.g. a full disk) removes its staging copy and publishes nothing. A resume that
    changes the batch geometry or the schedule (``--allow_changed``) is applied here: the data
    position is recomputed in samples (``_init_training_state``), the learning rate and AdamW betas of
@@ -53,14 +52,12 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lrc.after.evaluate import ce_sum
 from lrc.baselines import BaselineModel, load_baseline_checkpoint, save_baseline_checkpoint
@@ -74,18 +71,11 @@ from lrc.checkpoint import (
     save_lrc_checkpoint,
 )
 from lrc.data.datasets import collate_batch
-from lrc.errors import LRCError
 from lrc.files import write_json_atomic
 from lrc.model import LRCModel, LRCOutput
 from lrc.sharded_generation import setup_sharded_generation
 from lrc.training import publish
-from lrc.training.loss_log import (
-    LAYER_KEY_RE,
-    CompactPrinterCallback,
-    CompactProgressCallback,
-    LossMeter,
-    NonFiniteLossError,
-)
+from lrc.training.loss_log import LAYER_KEY_RE, LossMeter, NonFiniteLossError, use_compact_console
 from lrc.training.record import live_checkpoints
 from lrc.training.resume import BATCH_GEOMETRY, SCHEDULE_FLAGS, ResumePlan, data_position
 from lrc.training.run_dir import RUN_RECORD_NAME, WEIGHTS_NAME
@@ -107,7 +97,7 @@ HF_PRIVATE_OVERRIDES: dict[str, str] = {
 release and fails naming the one that changed)."""
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(publish.StagedCheckpoints, Trainer):
     """``Trainer`` for a model whose ``forward`` returns an ``LRCOutput`` and which names its own
     ``trainable_parameters()`` (module docstring, items 1-5). Subclasses say what a checkpoint holds
     (``_named_trainable``, ``_write_checkpoint``, ``_load_from_checkpoint``) and what evaluation scores
@@ -132,18 +122,7 @@ class DistillTrainer(Trainer):
         self.resume_plan = resume_plan
         self.model_accepts_loss_kwargs = False  # the models' forward takes no num_items_in_batch
         self.meter = LossMeter()
-        self._staging_root: str | None = None
-        for old, new in ((ProgressCallback, CompactProgressCallback), (PrinterCallback, CompactPrinterCallback)):
-            if self.pop_callback(old) is not None:
-                self.add_callback(new)
-
-    def close_progress_bars(self) -> None:
-        """End the progress bar's line (before an error message is printed under it)."""
-        for cb in self.callback_handler.callbacks:
-            bar = getattr(cb, "training_bar", None)
-            if bar is not None:
-                bar.close()
-                cb.training_bar = None
+        use_compact_console(self)
 
     # ------------------------------------------------------------------ model, optimizer, loss
     @property
@@ -274,6 +253,10 @@ class DistillTrainer(Trainer):
         """Write ``state_dict`` (the ``_named_trainable`` tensors) and what describes them into ``output_dir``."""
         raise NotImplementedError
 
+    def check_before_save(self) -> None:
+        """No checkpoint of weights that gave a non-finite loss (``publish.StagedCheckpoints``)."""
+        self._raise_if_nonfinite()
+
     # ------------------------------------------------------------------ HF private overrides (HF_PRIVATE_OVERRIDES)
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -283,38 +266,6 @@ class DistillTrainer(Trainer):
         if state_dict is None or set(state_dict) != {n for n, _ in named}:
             state_dict = {n: p.detach() for n, p in named}  # local copy: no collective on one rank
         self._write_checkpoint(output_dir, state_dict)
-
-    def _get_output_dir(self, trial) -> str:
-        return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """HF's checkpoint (weights, optimizer, scheduler, RNG, trainer state), staged, recorded, manifested
-        and renamed into place (module docstring, item 4; ``lrc.training.publish``)."""
-        self._raise_if_nonfinite()  # before any file is touched
-        run_dir = Path(super()._get_output_dir(trial))
-        step = self.state.global_step
-        name = f"checkpoint-{step}"
-        staged = publish.begin_staging(run_dir, name, self.args.should_save)
-        self.accelerator.wait_for_everyone()
-        self._staging_root = str(staged.parent)
-        try:
-            super()._save_checkpoint(model, trial)  # every rank writes into staging/checkpoint-N
-            self.accelerator.wait_for_everyone()
-            if self.args.should_save:
-                publish.publish_staged(staged, run_dir / name, step, self.run_record)
-            self.accelerator.wait_for_everyone()
-            if self.is_local_process_zero() and staged.exists():  # node-local disks: each node's own copy
-                publish.publish_staged(staged, run_dir / name, step, self.run_record)
-        except BaseException as e:
-            if self.is_local_process_zero():
-                shutil.rmtree(staged, ignore_errors=True)  # nothing half-written stays behind
-            if not isinstance(e, (LRCError, OSError)) and isinstance(e, Exception) and publish.write_failure(e):
-                raise publish.CheckpointWriteError(publish.describe_write_failure(e, name, run_dir)) from e
-            raise
-        finally:
-            self._staging_root = None
-        if self.args.should_save:
-            publish.after_publish(run_dir, self.args.save_total_limit, run_dir / name, self.run_record)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial) -> tuple[int, int]:
