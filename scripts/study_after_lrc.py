@@ -173,7 +173,8 @@ def sft_on_teacher_samples(student: Path, teacher_path: str, prompts_file: Path,
     for i in range(0, len(prompts), 8):
         if time.time() - t0 >= 0.4 * budget:
             break
-        for c in sample(teacher, tok, prompts[i:i + 8], chat=False, max_new_tokens=NEW_TOKENS, seed=seed * 1000 + i):
+        for c in sample(teacher, tok, prompts[i:i + 8], chat=False, max_new_tokens=NEW_TOKENS, seed=seed * 1000 + i,
+                        batch=8):
             rows.append({"prompt": tok.decode(c.prompt_ids, skip_special_tokens=True), "completion": " " + c.text})
     del teacher
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
@@ -315,9 +316,12 @@ def write_report(results: dict, md: str, png: str) -> None:
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
     names = [a for a in ARMS if a in arms]
     for ax, (k, label, _) in zip(axes, METRICS):
+        every = [r[k] for arm in names for r in arms[arm]] + ([results["lrc_start"][k]] if k in results["lrc_start"]
+                                                             else [])
+        floor = min(every) - 0.1 * (max(every) - min(every)) if k == "teacher_logprob" else 0.0  # bars from below
         for i, arm in enumerate(names):
             v = [r[k] for r in arms[arm]]
-            ax.bar(i, sum(v) / len(v), color="C0" if "onpolicy" in arm else "C7")
+            ax.bar(i, sum(v) / len(v) - floor, bottom=floor, color="C0" if "onpolicy" in arm else "C7")
             ax.plot([i] * len(v), v, "k.", ms=4)
         if k in results["lrc_start"]:
             ax.axhline(results["lrc_start"][k], color="C3", ls="--", lw=1, label="LRC start")

@@ -49,8 +49,24 @@ def _dataset_dir(root: Path) -> Path:
     return root
 
 
-def test_two_steps_of_full_sft_on_cpu(tmp_path):
+def _onpolicy_student(tmp_path: Path) -> Path:
+    """The converted student after 2 steps of ``lrc onpolicy`` from its teacher: the run's root is the model."""
+    from lrc.onpolicy.options import OnPolicyOptions
+    from lrc.onpolicy.run import onpolicy
+
     student = converted_student(tmp_path)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1} w{i + 2}"}) + "\n" for i in range(3, 11)))
+    out = tmp_path / "onpolicy"
+    onpolicy(OnPolicyOptions(student=str(student), teacher=str(tmp_path / "teacher"), prompts=str(prompts),
+                             output_dir=str(out), batch_size=2, max_new_tokens=4, max_steps=2, learning_rate=1e-3))
+    return out
+
+
+@pytest.mark.parametrize("stage", ["converted", "onpolicy"])
+def test_two_steps_of_full_sft_on_cpu(tmp_path, stage):
+    """2 steps of full SFT in LlamaFactory's environment, of a converted student and of an ``lrc onpolicy`` output."""
+    student = converted_student(tmp_path) if stage == "converted" else _onpolicy_student(tmp_path)
     out = tmp_path / "sft"
     r = subprocess.run(
         ["bash", str(CLI), "train", "configs/llama_factory/smoke_cpu_sft.yaml", f"model_name_or_path={student}",

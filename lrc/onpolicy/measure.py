@@ -36,8 +36,9 @@ class TeacherScores:
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, chat: bool, max_new_tokens: int, temperature: float = 1.0,
-           seed: int = 0) -> list[Completion]:
-    """One sampled completion per prompt (top-k and top-p off, as in training), cut after its end-of-sequence token."""
+           seed: int = 0, batch: int = 1) -> list[Completion]:
+    """One sampled completion per prompt (top-k and top-p off, as in training), cut after its end-of-sequence token;
+    ``batch`` prompts at a time (left-padded), each batch seeded from ``seed``."""
     from lrc.onpolicy.prompts import prompt_ids
     from lrc.onpolicy.trainer import until_eos
 
@@ -45,13 +46,16 @@ def sample(model, tokenizer, prompts: list, chat: bool, max_new_tokens: int, tem
     eos = [tokenizer.eos_token_id]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
-    for p in prompts:
-        ids = prompt_ids(tokenizer, p, chat)
+    for i in range(0, len(prompts), batch):
+        rows = [prompt_ids(tokenizer, p, chat) for p in prompts[i:i + batch]]
+        width = max(map(len, rows))
+        ids = torch.tensor([[eos[0]] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        seq = model.generate(input_ids=torch.tensor([ids], device=device), do_sample=True, temperature=temperature,
-                             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=eos[0], eos_token_id=eos)
-        comp = until_eos(seq[:, len(ids):], eos)[0]
-        out.append(Completion(ids, comp, tokenizer.decode(comp, skip_special_tokens=True)))
+        seq = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0,
+                             top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=eos[0], eos_token_id=eos)
+        for r, comp in zip(rows, until_eos(seq[:, width:], eos)):
+            out.append(Completion(r, comp, tokenizer.decode(comp, skip_special_tokens=True)))
     return out
 
 
