@@ -45,11 +45,26 @@ def run_act(steps: int, student_dir: Path, teacher_path: str, heldout: str, out:
     file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in train), encoding="utf-8")
     say(f"\n--onpolicy_steps {steps}: on-policy distillation of {student_dir} from the same teacher, {len(train)} "
         f"prompts cut from {heldout} ({file}), into {out}")
-    onpolicy(OnPolicyOptions(student=str(student_dir), teacher=teacher_path, prompts=str(file), output_dir=str(out),
-                             chat_template="off", max_new_tokens=NEW_TOKENS, batch_size=4, max_steps=steps,
-                             learning_rate=LEARNING_RATE, lr_scheduler="constant", save_steps=steps,
-                             log_steps=max(1, steps // 5), seed=seed, overwrite_output_dir=True))
-    return {"dir": out, "judge": judge}
+    opts = OnPolicyOptions(student=str(student_dir), teacher=teacher_path, prompts=str(file), output_dir=str(out),
+                           chat_template="off", max_new_tokens=NEW_TOKENS, batch_size=4, max_steps=steps,
+                           learning_rate=LEARNING_RATE, lr_scheduler="constant", save_steps=steps,
+                           log_steps=max(1, steps // 5), seed=seed, overwrite_output_dir=True)
+    onpolicy(opts)
+    return {"dir": out, "judge": judge, "options": opts}
+
+
+def continue_command(opts, lrc: str, max_steps: int) -> str:
+    """The ``lrc onpolicy`` command that continues the act's run to ``max_steps`` (``--resume auto``: every flag a
+    resume compares as the act set it)."""
+    import dataclasses
+
+    from lrc.onpolicy.options import OnPolicyOptions
+
+    defaults = OnPolicyOptions()
+    skip = {"max_steps", "overwrite_output_dir", "resume", "save_steps", "log_steps"}
+    flags = [f"--{f.name} {getattr(opts, f.name)}" for f in dataclasses.fields(opts)
+             if f.name not in skip and getattr(opts, f.name) != getattr(defaults, f.name)]
+    return f"{lrc} onpolicy {' '.join(flags)} --max_steps {max_steps} --resume auto"
 
 
 def report(act: dict, teacher, lrc_student, onpolicy_student, tokenizer, ppl_rows: list[str]) -> list[str]:

@@ -93,15 +93,16 @@ def run_demo(cfg: TrainConfig, trainer_cls=None) -> None:
         if base_trainer is not None:
             base_student = base_trainer.baseline_model.student
             base_scores = {path: heldout_perplexity(base_student, held, o.batch_size) for path, held in helds.items()}
-    act_lines = []
+    act_lines, act_next = [], None
     if cfg.command.onpolicy_steps and method.needs_conversion:  # act 3 follows an LRC run's conversion
-        act_lines = _onpolicy_act(cfg, student_dir, out, teacher, student, tok, helds, scores)
+        act_lines, act_next = _onpolicy_act(cfg, student_dir, out, teacher, student, tok, helds, scores)
     say("\n".join(_report(cfg, method, trainer, teacher, student, student_dir, scores, base_mc, base_scores,
-                          time.time() - t0, act_lines)))
+                          time.time() - t0, act_lines, act_next)))
 
 
-def _onpolicy_act(cfg: TrainConfig, student_dir: Path, out: Path, teacher, student, tok, helds, scores) -> list[str]:
-    """Act 3 (``--onpolicy_steps``): ``lrc.onpolicy.demo_act``; its report lines."""
+def _onpolicy_act(cfg: TrainConfig, student_dir: Path, out: Path, teacher, student, tok, helds,
+                  scores) -> tuple[list[str], str]:
+    """Act 3 (``--onpolicy_steps``): ``lrc.onpolicy.demo_act``; its report lines and the command that continues it."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -118,11 +119,13 @@ def _onpolicy_act(cfg: TrainConfig, student_dir: Path, out: Path, teacher, stude
         after = heldout_perplexity(tuned, held, o.batch_size)
         rows.append(f"held-out perplexity on {Path(path).name}: teacher {t.ppl:.1f}, LRC student {s.ppl:.1f}, after "
                     f"{cfg.command.onpolicy_steps} on-policy steps {after.ppl:.1f}")
-    return demo_act.report(act, teacher, student, tuned, tok, rows)
+    steps = cfg.command.onpolicy_steps
+    return (demo_act.report(act, teacher, student, tuned, tok, rows),
+            demo_act.continue_command(act["options"], lrc_command(), 5 * steps) + "   # on-policy distillation, on")
 
 
 def _report(cfg: TrainConfig, method, trainer, teacher, student, student_dir: Path, scores, base_mc, base_scores,
-            seconds: float, act_lines: list[str] = ()) -> list[str]:
+            seconds: float, act_lines: list[str] = (), act_next: str | None = None) -> list[str]:
     """The demo's closing table and next commands."""
     r, o, m = cfg.run, cfg.optim, cfg.method
     out = Path(r.output_dir).resolve()
@@ -165,9 +168,7 @@ def _report(cfg: TrainConfig, method, trainer, teacher, student, student_dir: Pa
         f"  {lrc} train --demo{'' if lrc_run else ' --model_cls ' + method.name} --output_dir {out} "
         f"--max_steps {2 * o.max_steps} --resume auto   # train on",
         *([f"  {lrc} convert --ckpt-path {out} --save-path {out / 'student-again'}"] if lrc_run else []),
-        *([f"  {lrc} onpolicy --student {student_dir} --teacher {r.raw_model_name} --prompts "
-           f"{out / 'onpolicy_prompts.jsonl'} --output_dir {out / 'onpolicy'} --chat_template off --learning_rate 3e-5 "
-           f"--max_steps 100 --resume auto   # on-policy distillation (act 3)"] if act_lines else
+        *([f"  {act_next}"] if act_next else
           [f"  {lrc} train --demo --onpolicy_steps 20   # the demo with act 3: on-policy distillation after LRC"]
           if lrc_run else []),
         f"  {lrc} eval --model {student_dir} --data {r.eval_dataset} --data_max_len {r.data_max_len}",
