@@ -190,17 +190,19 @@ def sft_on_teacher_samples(student: Path, teacher_path: str, prompts_file: Path,
     return {"dir": str(out), "steps": trainer.state.global_step, "teacher_completions": len(rows)}
 
 
-def evaluate(model_dir: str, teacher, tok, helds: dict, judge: list[str], seed: int) -> dict:
+def evaluate(model, teacher, tok, helds: dict, judge: list[str], seed: int) -> dict:
+    """Held-out perplexities of ``model`` (a model directory, or the teacher itself) and, for a student, the
+    teacher's judgement of its own samples of the ``judge`` prompts."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from lrc.after.evaluate import heldout_perplexity
     from lrc.onpolicy.measure import sample, teacher_scores
 
-    model = teacher if model_dir == "teacher" else AutoModelForCausalLM.from_pretrained(model_dir,
-                                                                                         dtype=torch.float32).eval()
+    if not isinstance(model, torch.nn.Module):
+        model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     out = {f"ppl_{k}": heldout_perplexity(model, h, 4).ppl for k, h in helds.items()}
-    if model_dir != "teacher":
+    if model is not teacher:
         s = teacher_scores(model, teacher, sample(model, tok, judge, chat=False, max_new_tokens=NEW_TOKENS, seed=seed))
         out |= {"reverse_kl": s.reverse_kl, "teacher_logprob": s.teacher_logprob, "judged_tokens": s.tokens}
     return out
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(results, indent=1))
 
-    for name, d in (("teacher", "teacher"), ("lrc_start", str(lrc / "student"))):
+    for name, d in (("teacher", teacher), ("lrc_start", str(lrc / "student"))):
         if name not in results:
             results[name] = evaluate(d, teacher, tok, helds, judge, seed=0)
             save()
