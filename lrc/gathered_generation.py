@@ -61,8 +61,7 @@ class UnitGeneration:
     def collecting(self, names: list[str], graph: bool) -> Iterator[dict[str, Tensor]]:
         """Generate the unit-read ``names`` during the teacher forward run inside the block, recording their autograd
         graph when ``graph`` (joined to the loss by ``weights``); yields the dict they are written to. Units the
-        forward does not reach (an untied head) are gathered at the end; the head is left gathered for the loss
-        (``TeacherUnits.head_weight``)."""
+        forward does not reach (an untied head) are gathered at the end, one at a time."""
         wanted: dict[str, list[str]] = {}
         for n in names:
             u = self.unit_of[n]
@@ -80,16 +79,11 @@ class UnitGeneration:
         finally:
             for h in handles:
                 h.remove()
-        head = self.units.family.head
         for unit in self.units.order:  # a unit the forward did not reach, in the same order on every rank
             its = wanted.get(unit)
             if its and its[0] not in out:
-                if unit == head:
-                    self.units.module(unit).unshard()
-                    out.update(self._generate_unit(self.units.params(unit), its, graph))
-                else:
-                    with self.units.gathered(unit) as tparams:
-                        out.update(self._generate_unit(tparams, its, graph))
+                with self.units.gathered(unit) as tparams:
+                    out.update(self._generate_unit(tparams, its, graph))
 
     def weights(self, collected: Mapping[str, Tensor], names: list[str]) -> dict[str, Tensor]:
         """``names``' tensors with autograd: those ``collecting`` generated, joined to the projections through

@@ -148,7 +148,9 @@ class _FusedLogitLosses(torch.autograd.Function):
         do_kl = h_t is not None
         dev, f32 = h_s.device, torch.float32
         f64 = f32 if dev.type == "mps" else torch.float64  # MPS has no float64
-        chunk = _effective_chunk(chunk, n, V, dev)
+        sharded_head = do_kl and not isinstance(u_t, Tensor)  # lrc.sharded_head: the chunks are collectives
+        rows = u_t.rows_everywhere(n) if sharded_head else n  # every rank runs the chunks of the longest
+        chunk = _effective_chunk(chunk, rows, V, dev)
         c0 = min(chunk, n)
         zs_buf = torch.empty(c0, V, dtype=f32, device=dev)  # z_S, then (z_S - max) / tau, then its exp
         g_buf = torch.empty(c0, V, dtype=f32, device=dev) if need_grad else None  # dLoss/dz_S
@@ -161,9 +163,12 @@ class _FusedLogitLosses(torch.autograd.Function):
         kl_sum = torch.zeros((), dtype=f32, device=dev)
         inv_tau = 1.0 / tau
         ht_scaled = h_t * inv_tau if do_kl else None
-        for a in range(0, n, chunk):
+        for a in range(0, rows, chunk):
             b = min(a + chunk, n)
             c = b - a
+            if c <= 0:  # this rank's tokens are done; another rank's exchange needs it
+                u_t.logits_into(None, ht_scaled[:0], chunk)
+                continue
             hs = h_s[a:b]
             zs = zs_buf[:c]
             _mm_into(zs, hs, u_s)  # (c, V) student logits
@@ -187,7 +192,10 @@ class _FusedLogitLosses(torch.autograd.Function):
             if do_kl:
                 m = kl_mask[a:b].to(f32)
                 zt = zt_buf[:c]
-                _mm_into(zt, ht_scaled[a:b], u_t)  # z_T / tau
+                if sharded_head:
+                    u_t.logits_into(zt, ht_scaled[a:b], chunk)  # z_T / tau, from the ranks' vocabulary slices
+                else:
+                    _mm_into(zt, ht_scaled[a:b], u_t)  # z_T / tau
                 if softcap:  # cap * tanh(z_T / cap) / tau
                     zt.mul_(tau / softcap).tanh_().mul_(softcap / tau)
                 zt.sub_(zt.amax(-1, keepdim=True))
@@ -223,6 +231,8 @@ class _FusedLogitLosses(torch.autograd.Function):
                     grad_u.copy_(gd.t() @ hs)
                 else:
                     grad_u += (gd.t() @ hs).float()
+        if sharded_head:
+            u_t.release()
         stats.append((ce_sum.detach(), kl_sum.detach()))
         if need_grad:
             ctx.save_for_backward(grad_h, grad_u)
@@ -270,7 +280,8 @@ def fused_logit_losses(
         u_s: (V, d_s) student head weight (generated, requires grad).
         targets: (N,) next-token ids, -100 where the position does not count for CE.
         h_t: (N, d) teacher final hidden states, or None for no KL.
-        u_t: (V, d) teacher head weight.
+        u_t: (V, d) teacher head weight, or, for a teacher sharded over the ranks, its head as
+            ``lrc.sharded_head.ShardedHeadLogits`` (every chunk is then a collective).
         kl_mask: (N,) bool, tokens counted in the KL (None: all).
         w_ce, w_kl: weights applied to the *sums* (e.g. 1/n_ce for a mean CE; 1/B for the
             official sequence-summed KL; 0 to compute a term for logging only).

@@ -370,7 +370,7 @@ class LRCModel(nn.Module):
 
         u_s = weights.get(f"{self.family.head}.weight", weights[f"{self.family.embed}.weight"])  # (V, d_s)
         u_t = (self.teacher.get_output_embeddings().weight if self.units is None  # (V, d)
-               else self.units.head_weight() if lrc.use_logits_loss else None)
+               else self.units.head_logits() if lrc.use_logits_loss else None)
         n_ce, kl_div = pos.n_ce, pos.kl_divisor
         loss, ce_sum, kl_sum = fused_logit_losses(
             h_s.reshape(B * S, -1), u_s, targets.reshape(-1),
@@ -380,8 +380,8 @@ class LRCModel(nn.Module):
             w_kl=(1.0 if lrc.use_logits_loss else 0.0) / kl_div,
             tau=lrc.kl_temperature, chunk_tokens=lrc.logits_chunk_tokens, softcap=self.logit_softcap,
         )
-        if self.units is not None:  # the embedding and head were gathered for the forward and the KL
-            self.units.release_edges()
+        if self.units is not None:  # FSDP keeps its root (the final norm) gathered after the teacher's forward
+            self.units.release_root()
         ce = ce_sum / n_ce
         kl = kl_sum / kl_div
 

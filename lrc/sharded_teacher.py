@@ -11,8 +11,9 @@ Units (``fully_shard`` groups), in the order the teacher's forward reaches them:
 - the head (untied teachers only; it is never forwarded, it is gathered explicitly).
 
 FSDP's own hooks gather a unit for the teacher's forward (the next layer prefetched) and free it after; the
-backbone (FSDP's root, which FSDP keeps gathered after its forward) and an untied head are freed after the loss's
-forward (``TeacherUnits.release_edges``).
+backbone (FSDP's root, which FSDP keeps gathered after its forward) is freed after the loss's forward
+(``TeacherUnits.release_root``). The head is never gathered for the KL: each rank's rows give its slice of every
+rank's logits (``TeacherUnits.head_logits``, ``lrc.sharded_head``).
 Everything else (the weight generation and its backward, the clone terms, CORE's bases) gathers explicitly with
 ``TeacherUnits.gathered``: FSDP's public ``unshard`` / ``reshard``, never a hand-written all-gather.
 
@@ -101,18 +102,24 @@ class TeacherUnits:
         finally:
             mod.reshard()
 
-    def release_edges(self) -> None:
-        """Free the backbone (the final norm: FSDP's root, which FSDP keeps gathered after its forward) and the head
-        (``head_weight``: the embedding when tied)."""
+    def release_root(self) -> None:
+        """Free the backbone (the final norm: FSDP's root, which FSDP keeps gathered after its forward)."""
         self.module(self.family.backbone).reshard()
-        self.module(self.family.embed if self.tied else self.family.head).reshard()
 
-    def head_weight(self) -> Tensor:
-        """The teacher's (V, d) head, gathered (the embedding when tied), until ``release_edges``."""
+    def head_logits(self):
+        """The teacher's (V, d) head (the embedding when tied) as this rank's rows, for the KL's logits without
+        gathering it (``lrc.sharded_head.ShardedHeadLogits``)."""
+        from torch.distributed.tensor import DTensor
+
+        from lrc.sharded_head import ShardedHeadLogits
+
         fam = self.family
         unit = fam.embed if self.tied else fam.head
-        self.module(unit).unshard()
-        return self.teacher.get_parameter(f"{fam.embed}.weight" if self.tied else f"{fam.head}.weight")
+        self.module(unit).reshard()  # a no-op unless something left it gathered
+        head = self.teacher.get_parameter(f"{fam.embed}.weight" if self.tied else f"{fam.head}.weight")
+        if not isinstance(head, DTensor):
+            raise RuntimeError(f"the teacher's {unit} is not sharded")
+        return ShardedHeadLogits(head.to_local(), head.shape[0], self.group, self.rank, self.size)
 
     @contextmanager
     def one_at_a_time(self) -> Iterator[Mapping[str, Tensor]]:

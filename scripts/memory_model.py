@@ -8,7 +8,8 @@ Per GPU, bf16 teacher and student, fp32 master projections (DeepSpeed ZeRO-2 ove
 each, fp32 master + AdamW moments + gradient partitioned):
 
     peak = teacher / N (sharded) or teacher (whole)
-         + gathered: 2 decoder layers (the one in use, the next prefetched) + the head at the loss   (sharded only)
+         + gathered: 2 decoder layers (the one in use, the next prefetched)                       (sharded only)
+         + the KL's logit exchange: 2 x 16 MiB (lrc.sharded_head; the head is never gathered)    (sharded only)
          + projections: 2 B x P + 16 B x P / N
          + generated student weights and their gradient: 2 x 2 B x S
          + activations: micro-batch x seq x A (teacher clone targets + student activations, bf16)
@@ -16,10 +17,12 @@ each, fp32 master + AdamW moments + gradient partitioned):
 
 A is calibrated once on the measured H100 step (Llama-3.2-3B -> 1536, 4 x 2048: 66.4 GiB, docs/BENCHMARKS.md).
 Gathers per optimizer step, bytes each GPU receives: teacher x (N - 1) / N x (GAS teacher forwards + 1 generation
-backward), plus the attention output matrices twice per micro-batch (the teacher-space attn_out clone term) and the
-head once per micro-batch. Step time: 40 % of the H100's 989 bf16 TFLOP/s on the step's FLOPs; the gathers overlap
-with compute (prefetch), so the exposed overhead is max(0, gather time - compute time) and its upper bound, with no
-overlap at all, is gather time / compute time.
+backward), plus the attention output matrices twice per micro-batch (the teacher-space attn_out clone term); and
+the KL's teacher logits, (N - 1) / N x micro-batch tokens x V x 2 B per micro-batch (each rank's tokens over the
+other ranks' vocabulary slices). Step time: 40 % of the H100's 989 bf16 TFLOP/s on the step's FLOPs; the gathers
+overlap with compute (prefetch), so the exposed overhead is max(0, gather time - compute time) and its upper bound,
+with no overlap at all, is gather time / compute time; the logit exchange is not overlapped (it sits between the
+loss's chunks), so its time counts whole.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def activation_bytes_per_token(t: Shape, ds: int, k: float) -> float:
 
 def fixed_bytes(t: Shape, ds: int, n: int, sharded: bool) -> float:
     teacher = 2.0 * t.params()
-    gathered = 2.0 * (2 * t.layer_params() + t.vocab * t.d) if sharded else 0.0
+    gathered = 2.0 * 2 * t.layer_params() + 2 * 16 * 2**20 if sharded else 0.0
     p = projections(t, ds)
     return (teacher / n if sharded else teacher) + gathered + 2.0 * p + 16.0 * p / n + 4.0 * t.params(ds) \
         + 4 * 1024 * t.vocab * 4.0
@@ -112,8 +115,8 @@ def main() -> None:
     print(f"activation calibration k = {k:.2f}{' (gradient checkpointing)' if a.gradient_checkpointing else ''}; "
           f"{n} GPUs, seq {a.seq}, GAS {a.gas}, student width d/2\n")
     cols = " | ".join(f"{m:g} GB: whole / sharded" for m in a.memory_gib)
-    print(f"| teacher | bf16 GB | student params | {cols} | gathered per step (GB/GPU) | gather / compute, "
-          f"at the largest sharded micro-batch on {a.memory_gib[0]:g} GB |")
+    print(f"| teacher | bf16 GB | student params | {cols} | received per step (GB/GPU): gathers + logits | "
+          f"gathers / compute; logits / compute, at the largest sharded micro-batch on {a.memory_gib[0]:g} GB |")
     print("|---|---|---|" + "---|" * len(a.memory_gib) + "---|---|")
     for t in TEACHERS:
         ds = t.d // 2
@@ -128,19 +131,21 @@ def main() -> None:
             largest = row[1] if largest is None else largest
         teacher = 2.0 * t.params()
         o_bytes = 2.0 * t.layers * t.d * t.heads * t.head_dim
-        head = 2.0 * t.vocab * t.d
-        recv = (n - 1) / n * (teacher * (a.gas + 1) + a.gas * (2 * o_bytes + head))
+        recv = (n - 1) / n * (teacher * (a.gas + 1) + a.gas * 2 * o_bytes)
         b = max(1, largest)
         tokens = b * a.seq * a.gas
+        logits = (n - 1) / n * tokens * t.vocab * 2.0
         flops = 2 * t.params() * tokens + 6 * t.params(ds) * tokens + 4 * ds * t.params()
         compute = flops / (0.4 * 989e12)
-        gather = recv / (a.nvlink_gbs * 1e9)
+        gather, exchange = recv / (a.nvlink_gbs * 1e9), logits / (a.nvlink_gbs * 1e9)
         print(f"| {t.name} | {teacher / 1e9:.1f} | {t.params(ds) / 1e9:.1f}B | " + " | ".join(fits)
-              + f" | {recv / 1e9:.0f} | {gather:.2f} s / {compute:.2f} s = {100 * gather / compute:.0f} %"
+              + f" | {recv / 1e9:.0f} + {logits / 1e9:.0f} | {gather:.2f} s / {compute:.2f} s = "
+              f"{100 * gather / compute:.0f} %; {exchange:.3f} s = {100 * exchange / compute:.1f} %"
               + ("" if largest else " (at 1: does not fit)") + " |")
-    print("\nwhole / sharded: micro-batches of --seq tokens per GPU that fit (0: not even one); gather / compute: the "
+    print("\nwhole / sharded: micro-batches of --seq tokens per GPU that fit (0: not even one); gathers / compute: the "
           "step's gather time over NVLink against its compute time, the overhead if nothing overlapped (prefetch "
-          "overlaps the next layer's gather with this one's compute)")
+          "overlaps the next layer's gather with this one's compute); logits / compute: the KL's logit exchange, "
+          "not overlapped")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 For each case: an ``LRCModel`` on the whole teacher and one on the teacher sharded over the ranks (loaded from its
 safetensors files, ``lrc.sharded_teacher``) take 3 SGD steps on this rank's own batches; every step's loss, clone
 terms and projection gradients are recorded, with how many of the teacher's elements this rank held: after loading,
-and at every gather during the steps. Writes ``OUT/rank{r}.json``.
+at every gather during the steps and after each loss. Writes ``OUT/rank{r}.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ CASES = {
     "qwen3_inout_checkpointing": dict(family="qwen3", tied=True, lrc={"use_in_out_mlp": True, "use_all_attn": False},
                                       checkpointing=True),
     "gemma2_untied": dict(family="gemma2", tied=False, lrc={}),
+    # the ranks bring different numbers of tokens (2 x 12 and 2 x 7) in 8-token chunks of the loss: 3 exchanges of
+    # the teacher's logits, the shorter rank taking part in the last with none of its own
+    "llama_uneven_chunks": dict(family="llama", tied=True, lrc={"logits_chunk_tokens": 8},
+                                lengths=(12, 7)),
 }
 
 
@@ -71,15 +75,17 @@ def run_case(name: str, case: dict, out: Path, rank: int) -> dict:
     units.gathered = gathered_and_recorded  # this test's own instrumentation of one object
     units_numel = {u: sum(p.numel() for p in units.params(u).values()) for u in units.order}
     gas = case.get("gas", 1)
-    steps = []
+    steps, after_loss = [], []
     for step in range(3):
         got = {}
         for label, m in (("whole", whole), ("sharded", sharded)):
             g = torch.Generator().manual_seed(100 * step + rank)
             m.zero_grad()
             for mb in range(gas):
-                ids = torch.randint(3, VOCAB, (2, 12), generator=g)
+                ids = torch.randint(3, VOCAB, (2, case.get("lengths", (12, 12))[rank]), generator=g)
                 o = m(ids, window_end=(mb == gas - 1) if gas > 1 else None)
+                if m is sharded:  # after the loss's forward, the step's memory peak: nothing gathered
+                    after_loss.append(units.gathered_numel())
                 (o.loss / gas).backward()
             got[label] = {"loss": o.loss.item(), "terms": {k: v.item() for k, v in o.terms.items()},
                           "grads": {n: p.grad.flatten().tolist() for n, p in m.projections.named_parameters()}}
@@ -90,9 +96,35 @@ def run_case(name: str, case: dict, out: Path, rank: int) -> dict:
                     p -= 0.05 * p.grad
     units.gathered = gathered
     names = [n for n, _ in units.teacher.named_parameters()]
-    return {"after_load": after_load, "held_max": max(held), "units_numel": units_numel, "steps": steps,
+    return {"after_load": after_load, "held_max": max(held), "after_loss_max": max(after_loss), "units_numel": units_numel, "steps": steps,
             "gathered_at_end": units.gathered_numel(), "teacher_registered": any(
                 n.startswith("teacher.") for n, _ in sharded.named_parameters()), "names": names}
+
+
+def head_exchange(rank: int) -> dict:
+    """``ShardedHeadLogits`` against ``h @ U^T`` on the whole head: V = 37 (19 and 18 rows), this rank's 11 or 4
+    tokens in chunks of 5, exchanged in blocks of 2 rows (fp32) and of 5 (bf16); the largest difference per case."""
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from lrc.sharded_head import ShardedHeadLogits
+
+    mesh = teacher_mesh(torch.device("cpu"))
+    got = {}
+    for dtype, exchange_bytes in ((torch.float32, 2 * 37 * 4), (torch.bfloat16, 10 ** 6)):
+        g = torch.Generator().manual_seed(7)
+        whole = torch.randn(37, 16, generator=g).to(dtype)  # the same head on every rank
+        head = distribute_tensor(whole, mesh, [Shard(0)])
+        assert isinstance(head, DTensor)
+        src = ShardedHeadLogits(head.to_local(), 37, mesh.get_group(), rank, 2, exchange_bytes)
+        h = torch.randn(11 if rank == 0 else 4, 16, generator=torch.Generator().manual_seed(rank)).to(dtype)
+        chunk, rows = 5, src.rows_everywhere(h.shape[0])
+        out = torch.full((h.shape[0], 37), float("nan"))
+        for a in range(0, rows, chunk):
+            b = min(a + chunk, h.shape[0])
+            src.logits_into(out[a:b] if b > a else None, h[a:b] if b > a else h[:0], chunk)
+        ref = (h @ whole.t()).float()
+        got[str(dtype)] = {"rows": rows, "max_diff": (out - ref).abs().max().item(), "finite": bool(out.isfinite().all())}
+    return got
 
 
 def main() -> None:
@@ -100,6 +132,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {name: run_case(name, case, out, rank) for name, case in CASES.items()}
+    results["head_exchange"] = head_exchange(rank)
     (out / f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 

@@ -44,8 +44,12 @@ def test_sharded_model_equals_whole(tmp_path):
                        env=ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:  # the KL's teacher logits from the vocabulary-sharded head (lrc.sharded_head)
+        exchange = rank.pop("head_exchange")
+        assert exchange["torch.float32"] == {"rows": 11, "max_diff": pytest.approx(0, abs=1e-5), "finite": True}
+        assert exchange["torch.bfloat16"] == {"rows": 11, "max_diff": 0.0, "finite": True}
     assert set(ranks[0]) == {"llama_untied_gqa", "qwen2_tied_bias", "llama_gas2_core", "qwen2_gas2_dense",
-                             "qwen3_inout_checkpointing", "gemma2_untied"}
+                             "qwen3_inout_checkpointing", "gemma2_untied", "llama_uneven_chunks"}
     for rank in ranks:
         for name, case in rank.items():
             total = case["after_load"]["total"]
@@ -53,6 +57,7 @@ def test_sharded_model_equals_whole(tmp_path):
             biggest = max(case["units_numel"].values())
             assert case["held_max"] <= 2 * biggest and case["after_load"]["local"] + case["held_max"] < total, name
             assert case["gathered_at_end"] == 0 and not case["teacher_registered"]
+            assert case["after_loss_max"] == 0, name  # the KL read the head's rows where they live
             assert "model.layers.0.self_attn.q_proj.weight" in case["names"]
             for step in case["steps"]:
                 w, s = step["whole"], step["sharded"]
