@@ -12,10 +12,9 @@ Megatron-LM's tensor parallelism, here across data-parallel ranks that each brin
    logits over j's slice; placed side by side they are the (c, V) logits of its tokens.
 
 Memory: two buffers of at most ``EXCHANGE_BYTES`` (a chunk is exchanged in blocks of rows) instead of the (V, d)
-head. Traffic per rank and chunk:
-(N - 1) / N of c V values received (and c d for the hidden states), against (N - 1) / N of V d for a gather of the
-head: the exchange moves more bytes when a micro-batch has more tokens than the teacher has hidden units, and it
-is not prefetched; docs/DESIGN.md "Sharded teacher" weighs the two.
+head. Traffic per rank and chunk: (N - 1) / N of c V values received (and c d for the hidden states), against
+(N - 1) / N of V d for a gather of the head: the exchange moves more bytes when a micro-batch has more tokens than
+the teacher has hidden units, and it is not prefetched; docs/DESIGN.md "Sharded teacher" weighs the two.
 
 Written by hand: torch's DTensor expresses the same product (a replicated (N c, d) times a row-sharded head,
 redistributed from vocabulary shards to token shards), but on CPU process groups it falls back to an all-gather of
@@ -32,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lrc.sharded_teacher import shard_rows
 
 EXCHANGE_BYTES = 16 * 2**20
 """Largest (rows, V) block of logits one exchange moves (and each of its two buffers holds): 16 MiB, 85 tokens at
@@ -44,26 +44,21 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 class ShardedHeadLogits:
     """The teacher's (V, d) head, of which this rank holds rows [rank * ceil(V / N), ...), as a source of logits.
 
-    Every method is a collective: every rank calls it the same number of times with the same ``chunk``."""
+    ``rows_everywhere`` and ``logits_into`` are collectives: every rank calls them the same number of times, with
+    the same ``chunk``."""
 
     def __init__(self, local: Tensor, vocab: int, group, rank: int, size: int, exchange_bytes: int = EXCHANGE_BYTES):
         """``local``: (V_r, d) this rank's rows of the head (``torch.chunk`` sizes: FSDP's dim-0 shard); ``vocab``:
         V; ``group``: the process group the head is sharded over, ``rank`` / ``size`` in it; ``exchange_bytes``: the
         largest block of logits one exchange moves (the same on every rank)."""
-        per = math.ceil(vocab / size)
-        self.rows = [max(0, min(per, vocab - j * per)) for j in range(size)]
+        self.rows = [shard_rows(vocab, j, size) for j in range(size)]
         """V_j: the vocabulary rows each rank holds."""
         if local.shape[0] != self.rows[rank]:
             raise RuntimeError(f"the head's shard has {local.shape[0]} rows, expected {self.rows[rank]}")
         self.local, self.vocab, self.group, self.rank, self.size = local, vocab, group, rank, size
         self.exchange_bytes = exchange_bytes
-        self.offsets = [j * per for j in range(size)]
+        self.offsets = [j * math.ceil(vocab / size) for j in range(size)]
         self._block = 0
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(V, d), as the whole head's."""
-        return self.vocab, self.local.shape[1]
 
     def rows_everywhere(self, n: int) -> int:
         """The most token rows any rank brings to this loss (``n``: this rank's): every rank runs that many rows'

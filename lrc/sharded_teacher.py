@@ -118,7 +118,7 @@ class TeacherUnits:
         self.module(unit).reshard()  # a no-op unless something left it gathered
         head = self.teacher.get_parameter(f"{fam.embed}.weight" if self.tied else f"{fam.head}.weight")
         if not isinstance(head, DTensor):
-            raise RuntimeError(f"the teacher's {unit} is not sharded")
+            raise TypeError(f"the teacher's {unit} is not sharded (a DTensor): {type(head).__name__}")
         return ShardedHeadLogits(head.to_local(), head.shape[0], self.group, self.rank, self.size)
 
     @contextmanager
@@ -144,7 +144,7 @@ class TeacherUnits:
         from torch.distributed.tensor import DTensor
 
         def shard(p: Tensor) -> int:  # a gathered unit's tensor counts by the rows of its shard
-            return _shard_rows(p.shape[0], self.rank, self.size) * (p.numel() // max(p.shape[0], 1))
+            return shard_rows(p.shape[0], self.rank, self.size) * (p.numel() // max(p.shape[0], 1))
 
         return sum(p.to_local().numel() if isinstance(p, DTensor) else shard(p) for p in self.teacher.parameters())
 
@@ -176,7 +176,7 @@ class _OneUnitAtATime(Mapping):
             self.current = None
 
 
-def _shard_rows(n: int, rank: int, size: int) -> int:
+def shard_rows(n: int, rank: int, size: int) -> int:
     """Rows of an ``n``-row tensor that FSDP's dim-0 shard gives ``rank`` of ``size`` (``torch.chunk`` sizes)."""
     per = math.ceil(n / size)
     return max(0, min(per, n - rank * per))
@@ -237,7 +237,7 @@ def _read_rows(units: TeacherUnits, files: list[Path], dtype: torch.dtype) -> No
                     raise TeacherError(f"{f}: tensor {key} has shape {shape}, the config gives {tuple(p.shape)}")
                 stored_dtype(f, key, info)
                 local = p.to_local() if isinstance(p, DTensor) else p
-                rows = _shard_rows(shape[0], units.rank, units.size)
+                rows = shard_rows(shape[0], units.rank, units.size)
                 if local.shape[0] != rows:
                     raise RuntimeError(f"FSDP's shard of {key} has {local.shape[0]} rows, expected {rows}")
                 if not rows:

@@ -96,7 +96,8 @@ def run_case(name: str, case: dict, out: Path, rank: int) -> dict:
                     p -= 0.05 * p.grad
     units.gathered = gathered
     names = [n for n, _ in units.teacher.named_parameters()]
-    return {"after_load": after_load, "held_max": max(held), "after_loss_max": max(after_loss), "units_numel": units_numel, "steps": steps,
+    return {"after_load": after_load, "held_max": max(held), "after_loss_max": max(after_loss),
+            "units_numel": units_numel, "steps": steps,
             "gathered_at_end": units.gathered_numel(), "teacher_registered": any(
                 n.startswith("teacher.") for n, _ in sharded.named_parameters()), "names": names}
 
@@ -123,7 +124,8 @@ def head_exchange(rank: int) -> dict:
             b = min(a + chunk, h.shape[0])
             src.logits_into(out[a:b] if b > a else None, h[a:b] if b > a else h[:0], chunk)
         ref = (h @ whole.t()).float()
-        got[str(dtype)] = {"rows": rows, "max_diff": (out - ref).abs().max().item(), "finite": bool(out.isfinite().all())}
+        got[str(dtype)] = {"rows": rows, "max_diff": (out - ref).abs().max().item(),
+                           "finite": bool(out.isfinite().all())}
     return got
 
 
