@@ -31,14 +31,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lrc.sharded_teacher import shard_rows
-
 EXCHANGE_BYTES = 16 * 2**20
 """Largest (rows, V) block of logits one exchange moves (and each of its two buffers holds): 16 MiB, 85 tokens at
 V = 49,152 in fp32, 65 at V = 128,256 in bf16; big enough that a collective's latency is small against its bytes."""
 
 # torch 2.13 renamed all_gather_into_tensor (kept, deprecated); requirements allow earlier versions
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def shard_rows(n: int, rank: int, size: int) -> int:
+    """Rows of an ``n``-row tensor that FSDP's dim-0 shard gives ``rank`` of ``size`` (``torch.chunk`` sizes)."""
+    per = math.ceil(n / size)
+    return max(0, min(per, n - rank * per))
 
 
 class ShardedHeadLogits:

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lrc.families import Family, family_of, is_tied
+from lrc.sharded_head import ShardedHeadLogits, shard_rows
 from lrc.teacher import TeacherError, allocate, empty_causal_lm, weight_files
 
 
@@ -111,8 +112,6 @@ class TeacherUnits:
         gathering it (``lrc.sharded_head.ShardedHeadLogits``)."""
         from torch.distributed.tensor import DTensor
 
-        from lrc.sharded_head import ShardedHeadLogits
-
         fam = self.family
         unit = fam.embed if self.tied else fam.head
         self.module(unit).reshard()  # a no-op unless something left it gathered
@@ -174,12 +173,6 @@ class _OneUnitAtATime(Mapping):
         if self.current is not None:
             self.units.module(self.current).reshard()
             self.current = None
-
-
-def shard_rows(n: int, rank: int, size: int) -> int:
-    """Rows of an ``n``-row tensor that FSDP's dim-0 shard gives ``rank`` of ``size`` (``torch.chunk`` sizes)."""
-    per = math.ceil(n / size)
-    return max(0, min(per, n - rank * per))
 
 
 def teacher_mesh(device: torch.device):
