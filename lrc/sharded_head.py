@@ -67,7 +67,9 @@ class ShardedHeadLogits:
     def rows_everywhere(self, n: int) -> int:
         """The most token rows any rank brings to this loss (``n``: this rank's): every rank runs that many rows'
         worth of exchanges, a rank with fewer taking part with empty chunks."""
-        t = torch.tensor([n], dtype=torch.int64)
+        if self.size == 1:
+            return n
+        t = torch.tensor([n], dtype=torch.int64, device=self.local.device)  # NCCL reduces device tensors only
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return int(t.item())
 
