@@ -219,6 +219,26 @@ def test_sigterm_saves_and_exits_75(assets, tmp_path, capsys):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+class NaNFromStep3(OnPolicyTrainer):
+    """The divergence turns NaN in optimizer step 3 (on the first process only)."""
+
+    def compute_loss(self, model, inputs, *a, **kw):
+        loss = super().compute_loss(model, inputs, *a, **kw)
+        bad = self.state.global_step + 1 >= 3 and self.accelerator.process_index == 0
+        return loss * float("nan") if bad else loss
+
+
+def test_nonfinite_loss_stops_before_any_save(assets, tmp_path, capsys):
+    """A NaN divergence at step 3 stops the run at its next log line (exit 3, one line naming the step); the
+    checkpoint of step 2 stays, and none is written after the NaN."""
+    out = tmp_path / "run"
+    rc = run_cli(lambda: onpolicy(_opts(assets, out, max_steps=6, save_steps=2), trainer_cls=NaNFromStep3))
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 3 and len(err) == 1 and "non-finite loss at step 3" in err[0], err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert verify_checkpoint(out / "checkpoint-2") is None and finished_step(out) is None
+
+
 def test_offpolicy_dataset_trains_on_the_files_completions(assets, tmp_path):
     """--on_policy_fraction 0 --off_policy dataset: every step trains on the prompts file's completions (3 tokens +
     the end-of-sequence token), none sampled."""

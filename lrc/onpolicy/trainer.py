@@ -30,7 +30,7 @@ from trl import DistillationTrainer
 from trl.trainer.utils import RepeatSampler, pad
 
 from lrc.errors import NonFiniteError
-from lrc.training.loss_log import use_compact_console
+from lrc.training.loss_log import LossMeter, use_compact_console
 from lrc.training.publish import StagedCheckpoints
 
 SOURCES = ("student", "teacher", "dataset")
@@ -60,7 +60,7 @@ class OnPolicyTrainer(StagedCheckpoints, DistillationTrainer):
         self.completions_per_prompt = completions_per_prompt
         self._source = "student"
         self._dataset_completions: list[list[int]] | None = None
-        self._first_bad: Tensor | None = None
+        self.meter = LossMeter()  # the non-finite guard's device-side record (as lrc train's trainers keep it)
         super().__init__(model=model, teacher_model=teacher_model, args=args, train_dataset=train_dataset,
                          processing_class=processing_class, callbacks=callbacks)
         self.run_record = run_record
@@ -121,21 +121,14 @@ class OnPolicyTrainer(StagedCheckpoints, DistillationTrainer):
     # ------------------------------------------------------------------ the non-finite guard
     def training_step(self, model, inputs, num_items_in_batch):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        step = torch.tensor(self.state.global_step + 1, device=loss.device)
-        first = self._first_bad if self._first_bad is not None else torch.full_like(step, -1)
-        self._first_bad = torch.where((first < 0) & ~torch.isfinite(loss.detach()), step, first)  # no host sync
+        self.meter.add_values(["loss"], [loss.detach()], self.state.global_step + 1)  # no host sync
         return loss
 
     def check_before_save(self) -> None:
         """One sync: refuse to save (and stop) when any micro-step so far had a non-finite loss."""
-        if self._first_bad is None:
-            return
-        bad = self._first_bad.reshape(1)
-        if self.accelerator.num_processes > 1:
-            bad = self.accelerator.gather(bad)
-        found = [s for s in bad.tolist() if s >= 0]
-        if found:
-            raise NonFiniteError(f"non-finite loss at step {min(found)}: the divergence became NaN/inf; training "
+        found = self.meter.first_nonfinite(self.accelerator)
+        if found is not None:
+            raise NonFiniteError(f"non-finite loss at step {found[0]}: the divergence became NaN/inf; training "
                                  f"stopped and nothing was saved after it. Try a lower --learning_rate or "
                                  f"--max_grad_norm, or resume from the last checkpoint")
 

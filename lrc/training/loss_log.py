@@ -50,7 +50,10 @@ class LossMeter:
         return keys, vals
 
     def add(self, out: LRCOutput, step: int) -> None:
-        keys, vals = self.flatten(out)
+        self.add_values(*self.flatten(out), step)
+
+    def add_values(self, keys: list[str], vals: list[Tensor], step: int) -> None:
+        """One micro-step's named scalars (the same ``keys`` every time), for optimizer step ``step``."""
         vec = torch.stack([v.float().reshape(()) for v in vals])  # (K,)
         if self.keys is None:
             self.keys = keys
@@ -65,6 +68,20 @@ class LossMeter:
         first = (self.first_bad_step < 0) & bad.any()
         self.first_bad_step = torch.where(first, step, self.first_bad_step)
         self.bad_at_first = torch.where(first, bad, self.bad_at_first)
+
+    def first_nonfinite(self, accelerator) -> tuple[int, list[str]] | None:
+        """One sync (and one gather across processes): the first optimizer step at which any process saw a
+        non-finite entry, with the entries that were non-finite there; None while everything was finite."""
+        if self.keys is None:
+            return None
+        info = torch.cat([self.first_bad_step.reshape(1).float(), self.bad_at_first.float()])[None]  # (1, 1+K)
+        if accelerator.num_processes > 1:
+            info = accelerator.gather(info)  # (world, 1+K)
+        rows = [r for r in info.tolist() if r[0] >= 0]
+        if not rows:
+            return None
+        step, *flags = min(rows, key=lambda r: r[0])
+        return int(step), [k for k, f in zip(self.keys, flags) if f]
 
     def reset_window(self) -> None:
         if self.sum is not None:

@@ -164,21 +164,13 @@ class DistillTrainer(publish.StagedCheckpoints, Trainer):
     # ------------------------------------------------------------------ logging and the non-finite guard
     def _raise_if_nonfinite(self) -> None:
         """One sync (and one gather across processes): raise if any micro-step so far was non-finite."""
-        m = self.meter
-        if m.keys is None:
+        found = self.meter.first_nonfinite(self.accelerator)
+        if found is None:
             return
-        info = torch.cat([m.first_bad_step.reshape(1).float(), m.bad_at_first.float()])[None]  # (1, 1+K)
-        if self.accelerator.num_processes > 1:
-            info = self.accelerator.gather(info)  # (world, 1+K)
-        rows = [r for r in info.tolist() if r[0] >= 0]
-        if not rows:
-            return
-        step, *flags = min(rows, key=lambda r: r[0])
-        bad = [k for k, f in zip(m.keys, flags) if f]
+        step, bad = found
         components = [k for k in bad if not LAYER_KEY_RE.match(k) and k != "loss"] or ["loss"]
         layers = [k for k in bad if LAYER_KEY_RE.match(k)]
         where = f" (per layer: {', '.join(layers[:6])}{' ...' if len(layers) > 6 else ''})" if layers else ""
-        step = int(step)
         raise NonFiniteLossError(
             f"non-finite loss at step {step}: {', '.join(components)} became NaN/inf{where}; training "
             f"stopped and nothing was saved after it. {self._record_nonfinite(step, components)} Try a lower "
