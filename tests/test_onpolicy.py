@@ -288,7 +288,8 @@ def test_bad_prompts_refused_in_one_line(assets, tmp_path, capsys, text, expecte
 
 def test_refusals(assets, tmp_path, capsys):
     """One line each, nothing written: a completion missing for --off_policy dataset; a chat ending on an assistant
-    turn; another vocabulary; --output_dir holding an lrc train run (never resumed, never deleted)."""
+    turn; another vocabulary; --output_dir holding an lrc train run (never resumed, never deleted) or being the
+    student's or the teacher's directory."""
     no_completion = _prompts(tmp_path / "p.jsonl", completion=False)
     ends_assistant = tmp_path / "a.jsonl"
     ends_assistant.write_text(json.dumps({"messages": [{"role": "assistant", "content": "w5"}]}) + "\n")
@@ -297,12 +298,15 @@ def test_refusals(assets, tmp_path, capsys):
     train_run = tmp_path / "train_run"
     train_run.mkdir()
     (train_run / "run_config.json").write_text(json.dumps({"lrc_run_record": 1, "run_id": "x"}))
+    models_before = {d: sorted(p.name for p in Path(assets[d]).iterdir()) for d in ("student", "teacher")}
     capsys.readouterr()
     cases = [
         (dict(prompts=no_completion, on_policy_fraction=0.5, off_policy="dataset"), ':1: no "completion"'),
         (dict(prompts=str(ends_assistant), chat_template="auto"), ":1: a chat (\"messages\")"),
         (dict(student=str(other_vocab)), "vocabulary of 120 tokens"),
         (dict(output_dir=str(train_run), overwrite_output_dir=True), "holds an lrc train run"),
+        (dict(output_dir=assets["student"], overwrite_output_dir=True), "is the student's directory (--student"),
+        (dict(output_dir=assets["teacher"]), "is the teacher's directory (--teacher"),
         (dict(completions_per_prompt=3), "does not divide the generation batch"),
         (dict(divergence="kl"), "--divergence 'kl': expected one of"),
     ]
@@ -313,6 +317,7 @@ def test_refusals(assets, tmp_path, capsys):
         assert rc != 0 and len(err) == 1 and expected in err[0], (over, err)
         assert not (tmp_path / "run").exists()
     assert sorted(p.name for p in train_run.iterdir()) == ["run_config.json"]
+    assert {d: sorted(p.name for p in Path(assets[d]).iterdir()) for d in ("student", "teacher")} == models_before
 
 
 # ---------------------------------------------------------------------------------------------- several processes

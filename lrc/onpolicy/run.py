@@ -21,7 +21,6 @@ from pathlib import Path
 
 from lrc.cli.options import OptionError, run_command
 from lrc.console import say
-from lrc.errors import RunDirError
 from lrc.onpolicy.options import OnPolicyOptions
 
 
@@ -106,8 +105,7 @@ def _claim(opts: OnPolicyOptions, world_size: int, bf16: bool, stack: contextlib
     from lrc.families import config_hash
     from lrc.onpolicy.record import ONPOLICY_RULES, onpolicy_record
     from lrc.teacher import load_teacher_config, weight_files, weights_fingerprint
-    from lrc.training.run_dir import foreign_model_files
-    from lrc.training.start import claim_run_dir, teacher_dir
+    from lrc.training.start import check_output_dir_is_free, claim_run_dir
 
     out = start.out
     tcfg = load_teacher_config(opts.teacher)
@@ -122,14 +120,7 @@ def _claim(opts: OnPolicyOptions, world_size: int, bf16: bool, stack: contextlib
         raise OptionError(f"--student {opts.student} has a vocabulary of {scfg.vocab_size} tokens, --teacher "
                           f"{opts.teacher} one of {tcfg.vocab_size}: on-policy distillation compares the full "
                           f"next-token distributions, so they must share the vocabulary")
-    for flag, path in (("teacher", opts.teacher), ("student", opts.student)):
-        if teacher_dir(path) == out:
-            raise RunDirError(f"--output_dir {str(out)!r} is the --{flag} directory: a run never writes there; choose "
-                              f"another --output_dir")
-    foreign = foreign_model_files(out)
-    if foreign:
-        raise RunDirError(f"--output_dir {str(out)!r} holds a model that no lrc run wrote ({', '.join(foreign[:4])}); "
-                          f"a run never writes or deletes there: choose another --output_dir")
+    check_output_dir_is_free(out, {"teacher": ("teacher", opts.teacher), "student": ("student", opts.student)})
     from lrc.onpolicy.prompts import check_tokenized
 
     tok = _tokenizer(opts)

@@ -103,12 +103,14 @@ def teacher_dir(teacher_path: str) -> Path | None:
     return (p.parent if p.is_file() else p).resolve()
 
 
-def check_output_dir_is_free(out: Path, teacher_path: str) -> None:
-    """Refuse an ``--output_dir`` that is the teacher's directory or holds a model that no run wrote (one line)."""
-    t = teacher_dir(teacher_path)
-    if t is not None and out.resolve() == t:
-        raise RunDirError(f"--output_dir {str(out)!r} is the teacher's directory (--raw_model_name {teacher_path}): a "
-                          f"run never writes there; choose another --output_dir")
+def check_output_dir_is_free(out: Path, models: dict[str, tuple[str, str]]) -> None:
+    """Refuse an ``--output_dir`` that is the directory of one of the run's input models or holds a model that no run
+    wrote (one line). ``models``: role -> (its flag, its path), e.g. ``{"teacher": ("raw_model_name", path)}``."""
+    for role, (flag, path) in models.items():
+        d = teacher_dir(path)
+        if d is not None and out.resolve() == d:
+            raise RunDirError(f"--output_dir {str(out)!r} is the {role}'s directory (--{flag} {path}): a run never "
+                              f"writes there; choose another --output_dir")
     foreign = foreign_model_files(out)
     if foreign:
         raise RunDirError(f"--output_dir {str(out)!r} holds a model that no lrc run wrote ({', '.join(foreign[:4])}"
@@ -130,7 +132,7 @@ def open_run_dir(cfg: TrainConfig, world_size: int, bf16: bool, teacher_path: st
     tcfg = load_teacher_config(teacher_path)
     cfg.method.validate(tcfg)
     student_config(tcfg, cfg.method)  # a width stock transformers would refuse to load: refused now, not later
-    check_output_dir_is_free(out, teacher_path)
+    check_output_dir_is_free(out, {"teacher": ("raw_model_name", teacher_path)})
 
     def record() -> dict:
         ref = TeacherRef(teacher_path, teacher_fingerprint(tcfg), tcfg.model_type, weights_fingerprint(teacher_path))
