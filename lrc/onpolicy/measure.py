@@ -77,9 +77,10 @@ def teacher_scores(model, teacher, completions: list[Completion], temperature: f
             continue
         log_p = F.log_softmax(_completion_logits(model, c.prompt_ids, c.completion_ids) / temperature, -1)
         teacher_logits = _completion_logits(teacher, c.prompt_ids, c.completion_ids)
-        log_t = F.log_softmax(teacher_logits / temperature, -1)
+        log_t1 = F.log_softmax(teacher_logits, -1)  # the teacher's own distribution, for the log-probability
+        log_t = log_t1 if temperature == 1.0 else F.log_softmax(teacher_logits / temperature, -1)
         kl += float((log_p.exp() * (log_p - log_t)).sum())
         tokens = torch.tensor(c.completion_ids, device=log_t.device)
-        lp += float(F.log_softmax(teacher_logits, -1).gather(-1, tokens[:, None]).sum())
+        lp += float(log_t1.gather(-1, tokens[:, None]).sum())
         n += len(c.completion_ids)
     return TeacherScores(kl / max(n, 1), lp / max(n, 1), n)

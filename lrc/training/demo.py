@@ -109,17 +109,15 @@ def _onpolicy_act(cfg: TrainConfig, student_dir: Path, out: Path, teacher, stude
     from lrc.after.evaluate import heldout_perplexity
     from lrc.onpolicy import demo_act
 
-    r, o = cfg.run, cfg.optim
-    act = demo_act.run_act(cfg.command.onpolicy_steps, student_dir, r.raw_model_name, r.eval_dataset,
-                           out / "onpolicy", o.seed)
+    r, o, steps = cfg.run, cfg.optim, cfg.command.onpolicy_steps
+    act = demo_act.run_act(steps, student_dir, r.raw_model_name, r.eval_dataset, out / "onpolicy", o.seed)
     tuned = AutoModelForCausalLM.from_pretrained(act["dir"], dtype=torch.float32).eval()
     rows = []
     for path, held in helds.items():
         t, s = scores[path]
         after = heldout_perplexity(tuned, held, o.batch_size)
         rows.append(f"held-out perplexity on {Path(path).name}: teacher {t.ppl:.1f}, LRC student {s.ppl:.1f}, after "
-                    f"{cfg.command.onpolicy_steps} on-policy steps {after.ppl:.1f}")
-    steps = cfg.command.onpolicy_steps
+                    f"{steps} on-policy steps {after.ppl:.1f}")
     return (demo_act.report(act, teacher, student, tuned, tok, rows),
             demo_act.continue_command(act["options"], lrc_command(), 5 * steps) + "   # on-policy distillation, on")
 

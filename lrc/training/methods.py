@@ -185,11 +185,13 @@ class BaselineMethod(Method):
         if cfg.ckpt.load_model_weight_path:
             raise OptionError(f"--load_model_weight_path loads LRC projections; it cannot start --model_cls "
                               f"{self.name} (use --resume to continue a baseline run)")
+        from lrc.training.run_dir import MODEL_WEIGHTS_NAME
+
         init = cfg.ckpt.init_from
         if init and self.calibrated:
             raise OptionError(f"--init_from: --model_cls {self.name} starts from the width-pruned teacher; to train a "
                               f"converted student densely use --model_cls only_kd (CE + KL) or origin (CE)")
-        if init and not (Path(init) / "model.safetensors").is_file():
+        if init and not (Path(init) / MODEL_WEIGHTS_NAME).is_file():
             raise OptionError(f"--init_from {init}: --model_cls {self.name} starts from a converted student (a "
                               f"standard HF model directory with model.safetensors, e.g. lrc convert's output), and "
                               f"this has none; an LRC checkpoint is converted first (lrc convert --ckpt-path {init} "

@@ -26,8 +26,9 @@ What they change in the HF ``Trainer`` (items 1-5: ``DistillTrainer``; 3 and 6: 
    Every process writes a checkpoint into ``{output_dir}/.staging/checkpoint-N`` (``publish.StagedCheckpoints``,
    shared with ``lrc onpolicy``'s trainer: its ``_get_output_dir`` points there for the duration of HF's
    ``_save_checkpoint``); after a barrier the main process adds the run's record (``run_config.json``) and the
-   manifest (sizes and sha256 of every file, written last), and renames the directory to ``checkpoint-N``. A checkpoint is complete exactly when its manifest verifies. A
-   failed save (e.g. a full disk) removes its staging copy and publishes nothing. A resume that
+   manifest (sizes and sha256 of every file, written last), and renames the directory to ``checkpoint-N``. A
+   checkpoint is complete exactly when its manifest verifies. A failed save (e.g. a full disk) removes its staging
+   copy and publishes nothing. A resume that
    changes the batch geometry or the schedule (``--allow_changed``) is applied here: the data
    position is recomputed in samples (``_init_training_state``), the learning rate and AdamW betas of
    the restored optimizer are replaced (``_load_optimizer_and_scheduler``).
